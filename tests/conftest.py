@@ -1,0 +1,15 @@
+"""Shared fixtures. Tests that compare numerics tightly run in float64 via the `x64` fixture."""
+
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import jax
+import pytest
+
+
+@pytest.fixture
+def x64():
+    """Run the test body with 64-bit JAX types enabled (restored afterwards)."""
+    with jax.enable_x64(True):
+        yield
