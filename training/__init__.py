@@ -1,1 +1,47 @@
-"""training."""
+"""Datasets, models, the run configuration, the trainer and run files."""
+
+from training._config import DATASETS, DTYPES, MODELS, OPTIMIZERS, TrainConfig
+from training._data import Data, spiral
+from training._models import Model, Params, mlp
+from training._runfile import STEP_VARIABLES, open_run, sibling_path, write_sibling
+from training._trainer import (
+    Problem,
+    Restored,
+    build,
+    config_of,
+    initial_state,
+    load_data,
+    make_step,
+    precision,
+    restore,
+    train,
+    unflatten,
+)
+
+__all__ = [
+    "DATASETS",
+    "DTYPES",
+    "MODELS",
+    "OPTIMIZERS",
+    "STEP_VARIABLES",
+    "Data",
+    "Model",
+    "Params",
+    "Problem",
+    "Restored",
+    "TrainConfig",
+    "build",
+    "config_of",
+    "initial_state",
+    "load_data",
+    "make_step",
+    "mlp",
+    "open_run",
+    "precision",
+    "restore",
+    "sibling_path",
+    "spiral",
+    "train",
+    "unflatten",
+    "write_sibling",
+]

@@ -1,0 +1,73 @@
+"""Steps/s of the recorded trainer vs a bare jitted ``lax.scan`` of the update.
+
+Spiral, full batch, float32, every per-step record on (the trainer's own step function).
+Targets (issue 3): >= 15,000 recorded steps/s at width 100 on a 2-core machine, and
+recorded / bare >= 0.75.
+
+    .venv/bin/python benchmarks/train_throughput.py [--steps 20000] [--widths 100 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from training import TrainConfig, build, initial_state, make_step
+
+TARGET_STEPS_PER_S = 15_000
+TARGET_RATIO = 0.75
+
+
+def _bare_step(problem):
+    x = jnp.asarray(problem.data.x_train, problem.dtype)
+    y = jnp.asarray(problem.data.y_train)
+
+    def step_fn(carry, step):
+        params, opt_state, key = carry
+        gamma = problem.schedule(step).astype(problem.dtype)
+        grads = jax.grad(lambda p: problem.loss(problem.model.apply(p, x), y, gamma))(params)
+        updates, opt_state = problem.optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state, key), None
+
+    return step_fn
+
+
+def _rate(step_fn, carry, steps: int, repeats: int) -> float:
+    run = jax.jit(lambda c: jax.lax.scan(step_fn, c, jnp.arange(steps)))
+    jax.block_until_ready(run(carry))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(run(carry))
+        best = min(best, time.perf_counter() - t0)
+    return steps / best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--widths", type=int, nargs="+", default=[100, 1000])
+    args = parser.parse_args()
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {args.steps} steps, best of "
+          f"{args.repeats}")
+    header = (f"{'width':>6} {'recorded steps/s':>17} {'bare steps/s':>13} {'ratio':>6} "
+              f"{'vs 15k target':>14} {'vs 0.75 ratio':>14}")
+    print(header)
+    print("-" * len(header))
+    for width in args.widths:
+        problem = build(TrainConfig(hidden_widths=(width,), steps=args.steps))
+        carry = initial_state(problem)
+        recorded = _rate(make_step(problem), carry, args.steps, args.repeats)
+        bare = _rate(_bare_step(problem), carry, args.steps, args.repeats)
+        ratio = recorded / bare
+        print(f"{width:>6} {recorded:>17,.0f} {bare:>13,.0f} {ratio:>6.2f} "
+              f"{recorded / TARGET_STEPS_PER_S:>14.2f} {ratio / TARGET_RATIO:>14.2f}")
+
+
+if __name__ == "__main__":
+    main()

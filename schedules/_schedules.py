@@ -1,0 +1,162 @@
+"""Oscillation factors Γ(t): pure, jit- and vmap-safe functions ``step -> Γ`` of shape (C,).
+
+Definitions follow ``SCIENCE.md``. For period ``T``, amplitude ``A`` and ``C`` classes, the class
+in focus at step ``t`` is ``floor(t / T) mod C``; its raw factor ``g(t mod T)`` rises from 1 to
+``A`` and back to 1 within the period, every other class has raw factor 1, and the factors are
+normalised so that ``sum_i Γ_i = C`` (the mean weight is 1). ``A = 1`` gives ``Γ ≡ 1`` exactly,
+and so does every step ``t >= stop_after``.
+
+The shapes differ only in ``g``:
+
+- ``triangle``: ``g = 1 + m·τ`` for ``τ <= T/2`` and ``2A − m·τ − 1`` after, with ``m = 2(A−1)/T``
+  and ``τ = t mod T`` (the 2021 paper's schedule).
+- ``sine``: ``g = 1 + (A−1)·sin²(π τ / T)`` (smooth, same end points and peak).
+- ``square``: ``g = A`` for ``T/4 <= τ < 3T/4`` and 1 otherwise (centred on the triangle's peak).
+- ``constant``: ``Γ ≡ 1`` (the static loss).
+
+Amplitude, period and stop step may be Python numbers (validated eagerly) or JAX arrays (traced
+under ``jax.vmap``/``jit``; not validated, since a traced value has no concrete value to check).
+The result has JAX's default float dtype; the trainer casts it to the run's dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeAlias
+
+import jax
+import jax.numpy as jnp
+
+Schedule: TypeAlias = Callable[[jax.typing.ArrayLike], jax.Array]
+"""A function ``step -> Γ`` returning an array of shape (num_classes,)."""
+
+SHAPES = ("triangle", "sine", "square", "constant")
+
+
+def _is_concrete(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check(num_classes: int, period: object, amplitude: object, stop_after: object) -> None:
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes must be an integer >= 1 (got {num_classes!r}).")
+    if _is_concrete(amplitude) and not amplitude >= 1:  # also rejects NaN
+        raise ValueError(
+            f"amplitude must be >= 1 (got {amplitude!r}); amplitude 1 is the static loss."
+        )
+    if _is_concrete(period) and not period > 0:
+        raise ValueError(f"period must be > 0 steps (got {period!r}).")
+    if _is_concrete(stop_after) and not stop_after >= 0:
+        raise ValueError(f"stop_after must be a step >= 0 or None for never (got {stop_after!r}).")
+
+
+def _oscillating(
+    raw: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
+    num_classes: int,
+    period: object,
+    amplitude: object,
+    stop_after: object,
+) -> Schedule:
+    """Build a schedule from the raw factor ``raw(tau, period, amplitude)`` of the focus class."""
+    _check(num_classes, period, amplitude, stop_after)
+
+    def schedule(step: jax.typing.ArrayLike) -> jax.Array:
+        dtype = jnp.result_type(float)
+        t = jnp.asarray(step, dtype)
+        T = jnp.asarray(period, dtype)
+        A = jnp.asarray(amplitude, dtype)
+        tau = jnp.mod(t, T)
+        focus = jnp.mod(jnp.floor(t / T), num_classes).astype(jnp.int32)
+        g = raw(tau, T, A)
+        raw_factors = 1.0 + (g - 1.0) * jax.nn.one_hot(focus, num_classes, dtype=dtype)
+        gamma = num_classes * raw_factors / jnp.sum(raw_factors)
+        if stop_after is not None:
+            gamma = jnp.where(t >= jnp.asarray(stop_after, dtype), jnp.ones_like(gamma), gamma)
+        return gamma
+
+    return schedule
+
+
+def _triangle_raw(tau: jax.Array, T: jax.Array, A: jax.Array) -> jax.Array:
+    m = 2.0 * (A - 1.0) / T
+    return jnp.where(tau <= T / 2, 1.0 + m * tau, 2.0 * A - m * tau - 1.0)
+
+
+def _sine_raw(tau: jax.Array, T: jax.Array, A: jax.Array) -> jax.Array:
+    return 1.0 + (A - 1.0) * jnp.sin(jnp.pi * tau / T) ** 2
+
+
+def _square_raw(tau: jax.Array, T: jax.Array, A: jax.Array) -> jax.Array:
+    return jnp.where((tau >= T / 4) & (tau < 3 * T / 4), A, jnp.ones_like(tau))
+
+
+def triangle(
+    num_classes: int,
+    period: float | jax.Array,
+    amplitude: float | jax.Array,
+    *,
+    stop_after: int | jax.Array | None = None,
+) -> Schedule:
+    """Triangle oscillation of the 2021 paper: the focus class's factor goes 1 → A → 1 per period.
+
+    Args:
+      num_classes: number of classes C (>= 1).
+      period: steps T spent on each class (> 0).
+      amplitude: peak raw factor A (>= 1; 1 gives the static loss).
+      stop_after: from this step on Γ ≡ 1 (None: never stop).
+
+    Returns:
+      ``schedule(step) -> Γ`` of shape (C,), ``sum(Γ) == C``, with values in
+      ``[C/(A+C−1), C·A/(A+C−1)]``.
+    """
+    return _oscillating(_triangle_raw, num_classes, period, amplitude, stop_after)
+
+
+def sine(
+    num_classes: int,
+    period: float | jax.Array,
+    amplitude: float | jax.Array,
+    *,
+    stop_after: int | jax.Array | None = None,
+) -> Schedule:
+    """Smooth oscillation ``g = 1 + (A−1) sin²(π τ/T)``; otherwise as :func:`triangle`."""
+    return _oscillating(_sine_raw, num_classes, period, amplitude, stop_after)
+
+
+def square(
+    num_classes: int,
+    period: float | jax.Array,
+    amplitude: float | jax.Array,
+    *,
+    stop_after: int | jax.Array | None = None,
+) -> Schedule:
+    """Square oscillation: ``g = A`` on the middle half of each period, 1 elsewhere."""
+    return _oscillating(_square_raw, num_classes, period, amplitude, stop_after)
+
+
+def constant(num_classes: int) -> Schedule:
+    """The static schedule ``Γ ≡ 1`` of shape (num_classes,)."""
+    _check(num_classes, None, None, None)
+
+    def schedule(step: jax.typing.ArrayLike) -> jax.Array:
+        del step
+        return jnp.ones((num_classes,), jnp.result_type(float))
+
+    return schedule
+
+
+def make_schedule(
+    shape: str,
+    num_classes: int,
+    period: float | jax.Array,
+    amplitude: float | jax.Array,
+    *,
+    stop_after: int | jax.Array | None = None,
+) -> Schedule:
+    """Build the schedule named ``shape`` (one of :data:`SHAPES`)."""
+    factories = {"triangle": triangle, "sine": sine, "square": square}
+    if shape == "constant":
+        return constant(num_classes)
+    if shape not in factories:
+        raise ValueError(f"schedule must be one of {SHAPES} (got {shape!r}).")
+    return factories[shape](num_classes, period, amplitude, stop_after=stop_after)

@@ -1,0 +1,196 @@
+"""``TrainConfig``: the frozen, serialisable description of one training run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from schedules import LOSSES, SHAPES
+from training._models import INITS, PARAMETERIZATIONS
+
+DATASETS = ("spiral",)
+MODELS = ("mlp",)
+OPTIMIZERS = ("gd", "momentum", "nesterov")
+DTYPES = ("float32", "float64")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run. ``TrainConfig()`` is the 2021 spiral run (DCE, A=10, T=200).
+
+    Data: ``dataset`` ("spiral"), ``points_per_class``, ``num_classes``, ``noise``, ``data_seed``
+    (the dataset is fixed across ``seed`` values unless ``data_seed`` changes).
+    Model: ``model`` ("mlp"), ``hidden_widths``, ``parameterization`` ("standard" | "ntk"),
+    ``init`` ("lecun" | "glorot"), ``w_std``, ``b_std`` (None: the default of the init, see
+    ``training.mlp``).
+    Loss and schedule: ``loss`` ("ce" | "mse" | "dce" | "dmse1" | "dmse2"), ``schedule``
+    ("triangle" | "constant" | "sine" | "square"), ``amplitude`` A >= 1, ``period`` T > 0 steps,
+    ``stop_after`` (Γ ≡ 1 from this step on; None: never). The static losses "ce" and "mse" use
+    Γ ≡ 1 whatever the schedule fields say, and the run file records the Γ actually applied.
+    Optimiser: ``optimizer`` ("gd" = ``optax.sgd``, "momentum" = heavy ball, "nesterov"),
+    ``learning_rate`` > 0, ``momentum`` in [0, 1) (ignored by "gd").
+    Loop: ``steps``, ``batch_size`` (None = full batch; otherwise a fresh random minibatch
+    without replacement each step), ``seed`` (initialisation and minibatch key), ``dtype``,
+    ``checkpoint_every`` (steps between saved parameters), ``eval_every`` (steps between
+    validation evaluations), ``chunk_steps`` (steps per compiled ``lax.scan`` chunk, i.e. per
+    write to the run file), ``output`` (netCDF path or None).
+    """
+
+    dataset: str = "spiral"
+    points_per_class: int = 100
+    num_classes: int = 3
+    noise: float = 0.2
+    data_seed: int = 0
+    model: str = "mlp"
+    hidden_widths: tuple[int, ...] = (100,)
+    parameterization: str = "standard"
+    init: str = "lecun"
+    w_std: float = 1.0
+    b_std: float | None = None
+    loss: str = "dce"
+    schedule: str = "triangle"
+    amplitude: float = 10.0
+    period: float = 200.0
+    stop_after: int | None = None
+    optimizer: str = "gd"
+    learning_rate: float = 1.0
+    momentum: float = 0.9
+    steps: int = 35000
+    batch_size: int | None = None
+    seed: int = 0
+    dtype: str = "float32"
+    checkpoint_every: int = 1000
+    eval_every: int = 100
+    chunk_steps: int = 1000
+    output: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.hidden_widths, int):
+            object.__setattr__(self, "hidden_widths", (self.hidden_widths,))
+        object.__setattr__(self, "hidden_widths", tuple(self.hidden_widths))
+        if self.output is not None:
+            object.__setattr__(self, "output", str(self.output))
+        for name in ("amplitude", "period", "noise", "w_std", "learning_rate", "momentum"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{name} must be a number (got {value!r}).")
+            object.__setattr__(self, name, float(value))
+        _validate(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` applied (validated like a new config)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-compatible dict of every field (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        out["hidden_widths"] = list(self.hidden_widths)
+        return out
+
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> TrainConfig:
+        """Build from a dict; unknown keys are an error naming them and the known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown TrainConfig field(s) {unknown}; known fields are {sorted(known)}."
+            )
+        values = dict(fields)
+        if "hidden_widths" in values and values["hidden_widths"] is not None:
+            hw = values["hidden_widths"]
+            values["hidden_widths"] = (hw,) if isinstance(hw, int) else tuple(hw)
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        return cls.from_dict(json.loads(text))
+
+    def to_toml(self) -> str:
+        """TOML text of the fields; fields that are None (TOML has no null) are left out."""
+        return tomli_w.dumps({k: v for k, v in self.to_dict().items() if v is not None})
+
+    @classmethod
+    def from_toml(cls, source: str | Path) -> TrainConfig:
+        """Read a TOML file (path) or TOML text; missing fields take their defaults."""
+        text = Path(source).read_text() if _looks_like_path(source) else str(source)
+        return cls.from_dict(tomllib.loads(text))
+
+
+def _looks_like_path(source: str | Path) -> bool:
+    if isinstance(source, Path):
+        return True
+    return "\n" not in source and "=" not in source
+
+
+def _choice(config: TrainConfig, name: str, allowed: tuple[str, ...]) -> None:
+    value = getattr(config, name)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed} (got {value!r}).")
+
+
+def _integer(config: TrainConfig, name: str, minimum: int, *, optional: bool = False) -> None:
+    value = getattr(config, name)
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        suffix = " or None" if optional else ""
+        raise ValueError(f"{name} must be an integer >= {minimum}{suffix} (got {value!r}).")
+
+
+def _validate(c: TrainConfig) -> None:
+    _choice(c, "dataset", DATASETS)
+    _choice(c, "model", MODELS)
+    _choice(c, "loss", LOSSES)
+    _choice(c, "schedule", SHAPES)
+    _choice(c, "optimizer", OPTIMIZERS)
+    _choice(c, "dtype", DTYPES)
+    _choice(c, "parameterization", PARAMETERIZATIONS)
+    _choice(c, "init", INITS)
+    _integer(c, "points_per_class", 1)
+    _integer(c, "num_classes", 2)
+    _integer(c, "data_seed", 0)
+    _integer(c, "steps", 1)
+    _integer(c, "seed", 0)
+    _integer(c, "checkpoint_every", 1)
+    _integer(c, "eval_every", 1)
+    _integer(c, "chunk_steps", 1)
+    _integer(c, "batch_size", 1, optional=True)
+    _integer(c, "stop_after", 0, optional=True)
+    if not c.hidden_widths or any(
+        isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in c.hidden_widths
+    ):
+        raise ValueError(
+            f"hidden_widths must be a non-empty list of integers >= 1 (got {c.hidden_widths!r})."
+        )
+    if not (math.isfinite(c.amplitude) and c.amplitude >= 1):
+        raise ValueError(
+            f"amplitude must be >= 1 (got {c.amplitude!r}); amplitude 1 is the static loss."
+        )
+    if not (math.isfinite(c.period) and c.period > 0):
+        raise ValueError(f"period must be > 0 steps (got {c.period!r}).")
+    if not (math.isfinite(c.learning_rate) and c.learning_rate > 0):
+        raise ValueError(f"learning_rate must be > 0 (got {c.learning_rate!r}).")
+    if not 0 <= c.momentum < 1:
+        raise ValueError(f"momentum must be in [0, 1) (got {c.momentum!r}).")
+    if not c.noise >= 0:
+        raise ValueError(f"noise must be >= 0 (got {c.noise!r}).")
+    if not c.w_std > 0:
+        raise ValueError(f"w_std must be > 0 (got {c.w_std!r}).")
+    if c.b_std is not None and not c.b_std >= 0:
+        raise ValueError(f"b_std must be >= 0 or None (got {c.b_std!r}).")
+    num_train = c.points_per_class * c.num_classes
+    if c.batch_size is not None and c.batch_size > num_train:
+        raise ValueError(
+            f"batch_size must be <= the {num_train} training samples, or None for full batch "
+            f"(got {c.batch_size})."
+        )

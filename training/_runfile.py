@@ -1,0 +1,211 @@
+"""Run files: one netCDF4 file per run, written incrementally, read back with xarray.
+
+Layout (``format_version`` "1"; see INTERFACES.md):
+
+- dims ``step`` (unlimited), ``checkpoint`` (unlimited), ``class``, ``param``, ``opt_param``,
+  ``key_word``; tracking variables add ``eigen_index`` and ``ntk_eigen_index``.
+- per-step variables ``loss``, ``static_loss``, ``train_accuracy``, ``val_loss``,
+  ``val_accuracy`` (NaN off the eval steps), ``gamma(step, class)``, ``learning_rate``,
+  ``grad_norm``.
+- checkpoints ``checkpoint_step(checkpoint)``, ``params(checkpoint, param)``,
+  ``opt_state(checkpoint, opt_param)``, ``rng_key(checkpoint, key_word)``: the parameters saved
+  for step s are those at which the loss of step s was evaluated (before that step's update);
+  the last checkpoint holds the final parameters (step = ``steps``, which has no loss record).
+- attrs ``config`` (JSON), ``dynloss_version``, ``format_version``, ``status``
+  ("running" | "complete" | "diverged" | "failed", with ``error``), ``last_complete_step``,
+  ``param_layout`` and ``opt_state_layout`` (JSON lists of ``[path, shape, dtype]`` in flattening
+  order), ``diverged_at_step`` when a non-finite loss was met.
+
+Each chunk of steps is appended and the file synced, so a killed run leaves a readable file up
+to its last chunk (``status`` stays "running" and ``last_complete_step`` says how far it got).
+Post-hoc analyses write sibling files ``RUN.<kind>.nc``; :func:`open_run` merges them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import netCDF4
+import numpy as np
+import xarray as xr
+
+FORMAT_VERSION = "1"
+STEP = "step"
+CHECKPOINT = "checkpoint"
+CLASS = "class"
+PARAM = "param"
+OPT_PARAM = "opt_param"
+KEY_WORD = "key_word"
+
+# name -> (extra dims after step, long_name, units)
+STEP_VARIABLES: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "loss": ((), "loss minimised at this step (dynamical loss with Γ of the step)", "1"),
+    "static_loss": ((), "static loss (Γ ≡ 1) of the same parameters and batch", "1"),
+    "train_accuracy": ((), "training accuracy of the parameters at this step", "1"),
+    "val_loss": ((), "static loss on the validation split (eval steps only, NaN elsewhere)", "1"),
+    "val_accuracy": ((), "validation accuracy (eval steps only, NaN elsewhere)", "1"),
+    "gamma": ((CLASS,), "class oscillation factor Γ applied at this step", "1"),
+    "learning_rate": ((), "learning rate of this step's update", "1"),
+    "grad_norm": ((), "global L2 norm of the gradient of the loss at this step", "1"),
+}
+
+
+def package_version() -> str:
+    try:
+        return version("dynloss")
+    except PackageNotFoundError:  # running from a source tree that was not installed
+        return "unknown"
+
+
+def sibling_path(path: str | Path, kind: str) -> Path:
+    """``RUN.nc`` -> ``RUN.<kind>.nc``: where post-hoc results of ``kind`` are written."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.{kind}{path.suffix}")
+
+
+class RunWriter:
+    """Appends chunks of per-step records and checkpoints to a new run file.
+
+    The file is created with ``status="running"`` and synced after every append.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        config_json: str,
+        num_classes: int,
+        param_layout: list,
+        num_params: int,
+        opt_layout: list,
+        num_opt: int,
+        key_words: int,
+        dtype: str,
+        extra_attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._nc = netCDF4.Dataset(self.path, "w", format="NETCDF4")
+        nc = self._nc
+        nc.createDimension(STEP, None)
+        nc.createDimension(CHECKPOINT, None)
+        nc.createDimension(CLASS, num_classes)
+        nc.createDimension(PARAM, num_params)
+        nc.createDimension(KEY_WORD, key_words)
+        self._has_opt = num_opt > 0
+        if self._has_opt:
+            nc.createDimension(OPT_PARAM, num_opt)
+        step = nc.createVariable(STEP, "i8", (STEP,))
+        step.long_name = "training step (0-based; Γ at step s uses t = s)"
+        cls = nc.createVariable(CLASS, "i4", (CLASS,))
+        cls.long_name = "class index"
+        cls[:] = np.arange(num_classes, dtype=np.int32)
+        float_type = "f8" if dtype == "float64" else "f4"
+        for name, (dims, long_name, units) in STEP_VARIABLES.items():
+            var = nc.createVariable(name, float_type, (STEP, *dims), fill_value=np.nan)
+            var.long_name = long_name
+            var.units = units
+        ck = nc.createVariable("checkpoint_step", "i8", (CHECKPOINT,))
+        ck.long_name = "step whose loss was evaluated at these parameters (before its update)"
+        params = nc.createVariable(
+            "params", float_type, (CHECKPOINT, PARAM), chunksizes=(1, max(num_params, 1))
+        )
+        params.long_name = "flattened model parameters (layout in attr param_layout)"
+        if self._has_opt:
+            opt = nc.createVariable(
+                "opt_state", float_type, (CHECKPOINT, OPT_PARAM), chunksizes=(1, num_opt)
+            )
+            opt.long_name = "flattened optimiser state (layout in attr opt_state_layout)"
+        key = nc.createVariable("rng_key", "u4", (CHECKPOINT, KEY_WORD))
+        key.long_name = "raw data of the run's random key (jax.random.key_data)"
+        nc.setncatts(
+            {
+                "title": "dynloss training run",
+                "config": config_json,
+                "dynloss_version": package_version(),
+                "format_version": FORMAT_VERSION,
+                "status": "running",
+                "last_complete_step": np.int64(-1),
+                "param_layout": json.dumps(param_layout),
+                "opt_state_layout": json.dumps(opt_layout),
+                **dict(extra_attrs or {}),
+            }
+        )
+        nc.sync()
+
+    @property
+    def num_steps(self) -> int:
+        return len(self._nc.dimensions[STEP])
+
+    def append_steps(self, first_step: int, records: Mapping[str, np.ndarray]) -> None:
+        """Write ``records`` (arrays with a leading step axis) for steps ``first_step, ...``."""
+        n = len(next(iter(records.values())))
+        start = self.num_steps
+        if start != first_step:
+            raise RuntimeError(f"run file holds {start} steps but a chunk starts at {first_step}.")
+        self._nc[STEP][start : start + n] = np.arange(first_step, first_step + n, dtype=np.int64)
+        for name, values in records.items():
+            self._nc[name][start : start + n] = values
+        self._nc.setncattr("last_complete_step", np.int64(first_step + n - 1))
+        self._nc.sync()
+
+    def append_checkpoint(
+        self, step: int, params: np.ndarray, opt_state: np.ndarray, key: np.ndarray
+    ) -> None:
+        i = len(self._nc.dimensions[CHECKPOINT])
+        self._nc["checkpoint_step"][i] = step
+        self._nc["params"][i, :] = params
+        if self._has_opt:
+            self._nc["opt_state"][i, :] = opt_state
+        self._nc["rng_key"][i, :] = key
+        self._nc.sync()
+
+    def set_attrs(self, **attrs: Any) -> None:
+        self._nc.setncatts(attrs)
+        self._nc.sync()
+
+    def close(self) -> None:
+        if self._nc.isopen():
+            self._nc.close()
+
+
+def open_run(path: str | Path, *, siblings: bool = True) -> xr.Dataset:
+    """Open a run file as an ``xarray.Dataset`` (lazily), merging its post-hoc siblings.
+
+    Siblings ``RUN.<kind>.nc`` (written by the analysis commands) are merged with an outer join
+    on ``step``, so a Hessian trajectory computed at a few steps shows up as NaN elsewhere.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"run file {str(path)!r} does not exist; train one with `dynloss train --output "
+            f"{path}` or `dynloss demo`."
+        )
+    ds = xr.open_dataset(path)
+    if "format_version" not in ds.attrs or "config" not in ds.attrs:
+        ds.close()
+        raise ValueError(
+            f"{str(path)!r} is not a dynloss run file (it has no 'format_version'/'config' "
+            "attributes)."
+        )
+    if siblings:
+        for sibling in sorted(path.parent.glob(f"{path.stem}.*{path.suffix}")):
+            if sibling == path or sibling.name.endswith(".tmp"):
+                continue
+            extra = xr.open_dataset(sibling)
+            ds = xr.merge([ds, extra], join="outer", combine_attrs="drop_conflicts")
+    return ds
+
+
+def write_sibling(run_path: str | Path, kind: str, result: xr.Dataset) -> Path:
+    """Write a post-hoc result next to its run (temporary name, then an atomic rename)."""
+    target = sibling_path(run_path, kind)
+    tmp = target.with_name(target.name + ".tmp")
+    result.to_netcdf(tmp)
+    os.replace(tmp, target)
+    return target

@@ -1,0 +1,389 @@
+"""The trainer: ``lax.scan`` chunks of full-batch (or minibatch) steps, recorded every step."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import xarray as xr
+from jax.flatten_util import ravel_pytree
+
+from schedules import STATIC_OF, Schedule, constant, get_loss, is_dynamical, make_schedule
+from training._config import TrainConfig
+from training._data import Data, spiral
+from training._models import Model, Params, mlp
+from training._runfile import RunWriter, open_run
+
+ProgressCallback = Callable[[int, int, dict[str, float]], None]
+"""``progress(steps_done, steps_total, latest)`` called after every chunk."""
+
+
+class Problem(NamedTuple):
+    """Everything a configuration builds: data, model, Γ schedule, losses and optimiser."""
+
+    config: TrainConfig
+    data: Data
+    model: Model
+    schedule: Schedule
+    loss: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+    static_loss: Callable[[jax.Array, jax.Array], jax.Array]
+    optimizer: optax.GradientTransformation
+    learning_rate: optax.Schedule
+    dtype: Any
+
+
+class Restored(NamedTuple):
+    """A saved state of a run (see :func:`restore`).
+
+    ``loss_fn(params)`` is the full-batch training loss the run minimised at ``step`` (Γ of that
+    step applied); ``static_loss_fn(params)`` the static loss of the same data.
+    """
+
+    model: Model
+    params: Params
+    data: Data
+    loss_fn: Callable[[Params], jax.Array]
+    static_loss_fn: Callable[[Params], jax.Array]
+    gamma: jax.Array
+    step: int
+    config: TrainConfig
+
+
+@contextlib.contextmanager
+def precision(dtype: str) -> Iterator[None]:
+    """Enable 64-bit JAX types inside the block when ``dtype == "float64"``; else a no-op."""
+    if dtype == "float64":
+        with jax.enable_x64(True):
+            yield
+    else:
+        yield
+
+
+def load_data(config: TrainConfig) -> Data:
+    """The dataset named by ``config`` (the training split is what the run minimises)."""
+    return spiral(config.points_per_class, config.num_classes, config.noise, config.data_seed)
+
+
+def build(config: TrainConfig) -> Problem:
+    """Build data, model, schedule, losses and optimiser from a configuration."""
+    dtype = jnp.float64 if config.dtype == "float64" else jnp.float32
+    data = load_data(config)
+    model = mlp(
+        config.hidden_widths,
+        data.num_classes,
+        parameterization=config.parameterization,
+        init=config.init,
+        w_std=config.w_std,
+        b_std=config.b_std,
+        dtype=dtype,
+    )
+    if is_dynamical(config.loss):
+        schedule = make_schedule(
+            config.schedule,
+            data.num_classes,
+            config.period,
+            config.amplitude,
+            stop_after=config.stop_after,
+        )
+    else:
+        schedule = constant(data.num_classes)
+    dynamical = get_loss(config.loss)
+    static = get_loss(STATIC_OF[config.loss])
+
+    def loss(outputs: jax.Array, labels: jax.Array, gamma: jax.Array) -> jax.Array:
+        return (
+            dynamical(outputs, labels, gamma)
+            if is_dynamical(config.loss)
+            else static(outputs, labels)
+        )
+
+    learning_rate = optax.constant_schedule(config.learning_rate)
+    if config.optimizer == "gd":
+        optimizer = optax.sgd(learning_rate)
+    else:
+        optimizer = optax.sgd(
+            learning_rate, momentum=config.momentum, nesterov=config.optimizer == "nesterov"
+        )
+    return Problem(config, data, model, schedule, loss, static, optimizer, learning_rate, dtype)
+
+
+def _layout(tree: Any) -> list:
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    return [
+        [jax.tree_util.keystr(path), list(np.shape(x)), str(np.asarray(x).dtype)]
+        for path, x in leaves
+    ]
+
+
+def _flat(tree: Any, dtype: Any) -> np.ndarray:
+    leaves = jax.tree_util.tree_leaves(tree)
+    if not leaves:
+        return np.zeros((0,), dtype)
+    return np.concatenate([np.ravel(np.asarray(x)).astype(dtype) for x in leaves])
+
+
+def unflatten(template: Any, flat: jax.Array) -> Any:
+    """Rebuild a pytree shaped like ``template`` (arrays or ShapeDtypeStructs) from a flat vector.
+
+    The inverse of the run file's flattening: leaves in ``jax.tree_util`` order, each raveled.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    sizes = [int(np.prod(leaf.shape)) for leaf in leaves]
+    if sum(sizes) != flat.shape[0]:
+        raise ValueError(
+            f"a flat vector of {flat.shape[0]} values cannot fill a pytree of {sum(sizes)}."
+        )
+    offsets = np.cumsum([0, *sizes])
+    rebuilt = [
+        flat[a:b].reshape(leaf.shape).astype(leaf.dtype)
+        for a, b, leaf in zip(offsets[:-1], offsets[1:], leaves, strict=True)
+    ]
+    return jax.tree_util.tree_unflatten(treedef, rebuilt)
+
+
+def initial_state(problem: Problem) -> tuple[Params, Any, jax.Array]:
+    """Parameters, optimiser state and random key at step 0."""
+    key = jax.random.key(problem.config.seed)
+    init_key, run_key = jax.random.split(key)
+    params = problem.model.init(init_key, problem.data.input_shape)
+    return params, problem.optimizer.init(params), run_key
+
+
+def make_step(problem: Problem) -> Callable:
+    """The per-step function ``(carry, step) -> (carry, records)`` scanned by the trainer.
+
+    ``carry = (params, opt_state, key)``. Records hold the loss minimised at this step, the
+    static loss and accuracy of the same outputs, Γ, the learning rate, the gradient norm, and
+    validation loss/accuracy on eval steps (NaN elsewhere).
+    """
+    config, dtype = problem.config, problem.dtype
+    x = jnp.asarray(problem.data.x_train, dtype)
+    y = jnp.asarray(problem.data.y_train)
+    x_val = jnp.asarray(problem.data.x_val, dtype)
+    y_val = jnp.asarray(problem.data.y_val)
+    apply, loss, static_loss = problem.model.apply, problem.loss, problem.static_loss
+    num_train, batch_size = x.shape[0], config.batch_size
+
+    def evaluate(params: Params) -> tuple[jax.Array, jax.Array]:
+        out = apply(params, x_val)
+        return static_loss(out, y_val), jnp.mean(jnp.argmax(out, -1) == y_val).astype(dtype)
+
+    def skip_eval(params: Params) -> tuple[jax.Array, jax.Array]:
+        del params
+        nan = jnp.asarray(jnp.nan, dtype)
+        return nan, nan
+
+    def step_fn(carry: tuple, step: jax.Array) -> tuple[tuple, dict[str, jax.Array]]:
+        params, opt_state, key = carry
+        gamma = problem.schedule(step).astype(dtype)
+        if batch_size is None:
+            xb, yb = x, y
+        else:
+            idx = jax.random.choice(
+                jax.random.fold_in(key, step), num_train, (batch_size,), replace=False
+            )
+            xb, yb = x[idx], y[idx]
+
+        def objective(p: Params) -> tuple[jax.Array, jax.Array]:
+            out = apply(p, xb)
+            return loss(out, yb, gamma), out
+
+        (value, out), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        updates, opt_state = problem.optimizer.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        val_loss, val_acc = jax.lax.cond(step % config.eval_every == 0, evaluate, skip_eval, params)
+        records = {
+            "loss": value,
+            "static_loss": static_loss(out, yb),
+            "train_accuracy": jnp.mean(jnp.argmax(out, -1) == yb).astype(dtype),
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "gamma": gamma,
+            "learning_rate": jnp.asarray(problem.learning_rate(step), dtype),
+            "grad_norm": optax.global_norm(grads).astype(dtype),
+        }
+        return (new_params, opt_state, key), records
+
+    return step_fn
+
+
+def _chunk_bounds(config: TrainConfig) -> list[tuple[int, int]]:
+    """[start, stop) of each scan chunk; chunks also break at every checkpoint step."""
+    cuts = set(range(0, config.steps, config.chunk_steps))
+    cuts |= set(range(0, config.steps, config.checkpoint_every))
+    edges = [*sorted(cuts), config.steps]
+    return list(itertools.pairwise(edges))
+
+
+def _first_nonfinite(loss: np.ndarray) -> int | None:
+    bad = np.flatnonzero(~np.isfinite(loss))
+    return int(bad[0]) if bad.size else None
+
+
+def train(
+    config: TrainConfig | None = None,
+    *,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+) -> xr.Dataset:
+    """Train the run described by ``config`` and return its records as an ``xarray.Dataset``.
+
+    The run is written incrementally to ``config.output`` when set (to a temporary file
+    otherwise), chunk by chunk; the returned Dataset is that file, loaded into memory. A
+    non-finite loss stops the run with ``status="diverged"``, keeping every record up to and
+    including the first non-finite step. ``dtype="float64"`` runs in 64-bit without the caller
+    touching JAX flags.
+
+    Args:
+      config: the run (``TrainConfig()`` if None).
+      overwrite: replace an existing ``config.output`` (refused otherwise, so no data is lost).
+      progress: optional callback ``progress(steps_done, steps_total, latest_records)``.
+    """
+    config = TrainConfig() if config is None else config
+    if config.output is not None:
+        out = Path(config.output)
+        if out.exists() and not overwrite:
+            raise FileExistsError(
+                f"output {str(out)!r} already exists; choose another path or pass overwrite=True "
+                "(--overwrite on the command line) to replace it."
+            )
+        if out.exists() and out.is_dir():
+            raise IsADirectoryError(f"output {str(out)!r} is a directory; give a file path.")
+    with precision(config.dtype):
+        problem = build(config)
+        if config.output is None:
+            fd, tmp = tempfile.mkstemp(suffix=".nc", prefix="dynloss-run-")
+            os.close(fd)
+            try:
+                _run(problem, Path(tmp), progress)
+                return _load(tmp)
+            finally:
+                os.unlink(tmp)
+        _run(problem, Path(config.output), progress)
+        return _load(config.output)
+
+
+def _load(path: str | Path) -> xr.Dataset:
+    with open_run(path, siblings=False) as ds:
+        return ds.load()
+
+
+def _run(problem: Problem, path: Path, progress: ProgressCallback | None) -> None:
+    config = problem.config
+    params, opt_state, key = initial_state(problem)
+    np_dtype = np.float64 if config.dtype == "float64" else np.float32
+    key_data = np.asarray(jax.random.key_data(key), np.uint32)
+    writer = RunWriter(
+        path,
+        config_json=config.to_json(),
+        num_classes=problem.data.num_classes,
+        param_layout=_layout(params),
+        num_params=int(ravel_pytree(params)[0].size),
+        opt_layout=_layout(opt_state),
+        num_opt=int(_flat(opt_state, np_dtype).size),
+        key_words=int(key_data.size),
+        dtype=config.dtype,
+    )
+    step_fn = make_step(problem)
+
+    @partial(jax.jit, static_argnums=2)
+    def run_chunk(carry: tuple, start: jax.Array, length: int) -> tuple[tuple, dict]:
+        return jax.lax.scan(step_fn, carry, start + jnp.arange(length))
+
+    carry = (params, opt_state, key)
+    status = "complete"
+    try:
+        for start, stop in _chunk_bounds(config):
+            if start % config.checkpoint_every == 0:
+                writer.append_checkpoint(
+                    start, _flat(carry[0], np_dtype), _flat(carry[1], np_dtype), key_data
+                )
+            carry, records = run_chunk(carry, jnp.asarray(start), stop - start)
+            records = {k: np.asarray(v) for k, v in records.items()}
+            bad = _first_nonfinite(records["loss"])
+            if bad is not None:
+                writer.append_steps(start, {k: v[: bad + 1] for k, v in records.items()})
+                writer.set_attrs(status="diverged", diverged_at_step=np.int64(start + bad))
+                status = "diverged"
+                break
+            writer.append_steps(start, records)
+            if progress is not None:
+                progress(
+                    stop, config.steps, {k: float(v[-1]) for k, v in records.items() if v.ndim == 1}
+                )
+        if status == "complete":
+            writer.append_checkpoint(
+                config.steps, _flat(carry[0], np_dtype), _flat(carry[1], np_dtype), key_data
+            )
+            writer.set_attrs(status="complete")
+    except BaseException as error:
+        writer.set_attrs(status="failed", error=f"{type(error).__name__}: {error}")
+        raise
+    finally:
+        writer.close()
+
+
+def _resolve_run(run: xr.Dataset | str | Path) -> xr.Dataset:
+    return open_run(run) if isinstance(run, str | Path) else run
+
+
+def config_of(run: xr.Dataset | str | Path) -> TrainConfig:
+    """The ``TrainConfig`` stored in a run file's attrs."""
+    return TrainConfig.from_json(_resolve_run(run).attrs["config"])
+
+
+def restore(run: xr.Dataset | str | Path, step: int) -> Restored:
+    """Rebuild the model, parameters, data and loss of a run at a saved checkpoint ``step``.
+
+    ``step`` must be one of the run's ``checkpoint_step`` values. Restoring a float64 run
+    enables ``jax_enable_x64`` for the process (JAX cannot hold float64 arrays otherwise).
+    """
+    ds = _resolve_run(run)
+    config = config_of(ds)
+    saved = np.asarray(ds["checkpoint_step"].values)
+    matches = np.flatnonzero(saved == step)
+    if matches.size == 0:
+        raise ValueError(
+            f"step {step} is not a saved checkpoint of this run; saved steps are "
+            f"{saved.tolist()[:8]}{' …' if saved.size > 8 else ''} (every "
+            f"{config.checkpoint_every} steps and the final one)."
+        )
+    if config.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    problem = build(config)
+    layout = json.loads(ds.attrs["param_layout"])
+    template = jax.eval_shape(lambda: initial_state(problem)[0])
+    expected = _layout(template)
+    if [entry[:2] for entry in layout] != [entry[:2] for entry in expected]:
+        raise ValueError(
+            "the run file's param_layout does not match the model its config builds; the file "
+            "was written by an incompatible version."
+        )
+    flat = jnp.asarray(
+        np.asarray(ds["params"].isel(checkpoint=int(matches[0])).values), problem.dtype
+    )
+    params = unflatten(template, flat)
+    gamma = problem.schedule(step).astype(problem.dtype)
+    x = jnp.asarray(problem.data.x_train, problem.dtype)
+    y = jnp.asarray(problem.data.y_train)
+
+    def loss_fn(p: Params) -> jax.Array:
+        return problem.loss(problem.model.apply(p, x), y, gamma)
+
+    def static_loss_fn(p: Params) -> jax.Array:
+        return problem.static_loss(problem.model.apply(p, x), y)
+
+    return Restored(
+        problem.model, params, problem.data, loss_fn, static_loss_fn, gamma, int(step), config
+    )
