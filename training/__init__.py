@@ -1,5 +1,12 @@
 """Datasets, models, the run configuration, the trainer and run files."""
 
+import os
+
+# Run files are written incrementally while other processes (``dynloss info``, a notebook) read
+# them; HDF5's advisory file locks would make those readers fail until the run ends.
+os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
+
+
 from training._config import DATASETS, DTYPES, MODELS, OPTIMIZERS, TrainConfig
 from training._data import Data, spiral
 from training._models import Model, Params, mlp

@@ -211,7 +211,7 @@ def make_step(problem: Problem) -> Callable:
             "val_accuracy": val_acc,
             "gamma": gamma,
             "learning_rate": jnp.asarray(problem.learning_rate(step), dtype),
-            "grad_norm": optax.global_norm(grads).astype(dtype),
+            "grad_norm": optax.tree.norm(grads).astype(dtype),
         }
         return (new_params, opt_state, key), records
 

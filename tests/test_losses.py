@@ -1,0 +1,88 @@
+"""Losses against hand-computed values; dynamical == static with unit weights."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from schedules import cross_entropy, dce, dmse1, dmse2, get_loss, is_dynamical, mse
+
+
+@pytest.fixture
+def batch(x64):
+    outputs = jnp.array([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [-0.5, 1.5, 0.0], [1.0, 1.0, 1.0]])
+    labels = jnp.array([0, 2, 1, 1])
+    weights = jnp.array([2.5, 0.25, 0.25])
+    return outputs, labels, weights
+
+
+def _nll(o, y):
+    o = np.asarray(o)
+    return -(o[np.arange(len(y)), y] - np.log(np.exp(o).sum(-1)))
+
+
+def test_cross_entropy_by_hand(batch):
+    o, y, w = batch
+    np.testing.assert_allclose(cross_entropy(o, y), _nll(o, y).mean(), rtol=1e-14)
+    np.testing.assert_allclose(dce(o, y, w), (np.asarray(w)[y] * _nll(o, y)).mean(), rtol=1e-14)
+
+
+def test_mse_by_hand(batch):
+    o, y, w = batch
+    e = np.eye(3)[np.asarray(y)]
+    sq = (np.asarray(o) - e) ** 2
+    np.testing.assert_allclose(mse(o, y), 0.5 * sq.sum(-1).mean(), rtol=1e-14)
+    np.testing.assert_allclose(
+        dmse1(o, y, w), 0.5 * (np.asarray(w)[y] * sq.sum(-1)).mean(), rtol=1e-14
+    )
+    np.testing.assert_allclose(
+        dmse2(o, y, w), 0.5 * (sq * np.asarray(w)).sum(-1).mean(), rtol=1e-14
+    )
+
+
+@pytest.mark.parametrize(
+    ("dynamical", "static"), [(dce, cross_entropy), (dmse1, mse), (dmse2, mse)]
+)
+def test_unit_weights_are_static_exactly(batch, dynamical, static):
+    o, y, _ = batch
+    assert dynamical(o, y, jnp.ones(3)) == static(o, y)
+    assert dynamical(o, y) == static(o, y)
+
+
+@pytest.mark.parametrize("loss", [dce, dmse1, dmse2])
+def test_gradients_finite(batch, loss):
+    o, y, w = batch
+    g = jax.grad(loss)(o * 50.0, y, w)
+    assert np.all(np.isfinite(g))
+
+
+def test_float32_stays_float32():
+    o = jnp.ones((4, 3), jnp.float32)
+    y = jnp.array([0, 1, 2, 0])
+    for loss in (dce, dmse1, dmse2):
+        assert loss(o, y, np.ones(3, np.float64)).dtype == jnp.float32
+
+
+def test_static_losses_refuse_weights(batch):
+    o, y, w = batch
+    with pytest.raises(ValueError, match="cross_entropy is a static loss and takes no weights"):
+        cross_entropy(o, y, w)
+    with pytest.raises(ValueError, match="use dmse1 or dmse2"):
+        mse(o, y, w)
+
+
+def test_shape_errors(batch):
+    o, y, w = batch
+    with pytest.raises(ValueError, match=r"weights must be the class factors Γ of shape \(C,\)"):
+        dce(o, y, jnp.ones(4))
+    with pytest.raises(ValueError, match=r"labels must have shape \(N,\)"):
+        dmse1(o, y[:2], w)
+    with pytest.raises(ValueError, match=r"outputs must have shape \(N, C\)"):
+        dmse2(o[0], y, w)
+
+
+def test_lookup():
+    assert get_loss("dmse2") is dmse2
+    assert is_dynamical("dce") and not is_dynamical("mse")
+    with pytest.raises(ValueError, match="loss must be one of"):
+        get_loss("hinge")

@@ -1,0 +1,112 @@
+"""Identities of the oscillation schedules Γ(t)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schedules import constant, make_schedule, sine, square, triangle
+
+SHAPES = [triangle, sine, square]
+
+classes = st.integers(min_value=2, max_value=10)
+periods = st.integers(min_value=1, max_value=500)
+amplitudes = st.floats(min_value=1.0, max_value=100.0)
+steps = st.integers(min_value=0, max_value=100_000)
+
+
+@settings(max_examples=60, deadline=None)
+@given(classes, periods, amplitudes, steps, st.sampled_from(SHAPES))
+def test_sum_and_bounds(C, T, A, t, shape):
+    gamma = np.asarray(shape(C, T, A)(t), np.float64)
+    assert gamma.shape == (C,)
+    np.testing.assert_allclose(gamma.sum(), C, rtol=1e-5)
+    lo, hi = C / (A + C - 1), C * A / (A + C - 1)
+    assert np.all(gamma >= lo * (1 - 1e-5)) and np.all(gamma <= hi * (1 + 1e-5))
+
+
+@settings(max_examples=40, deadline=None)
+@given(classes, periods, amplitudes, steps, st.sampled_from(SHAPES))
+def test_periodic_over_all_classes(C, T, A, t, shape):
+    s = shape(C, T, A)
+    np.testing.assert_allclose(s(t), s(t + C * T), rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(classes, periods, steps, st.sampled_from(SHAPES))
+def test_amplitude_one_is_static(C, T, t, shape):
+    np.testing.assert_array_equal(shape(C, T, 1.0)(t), np.ones(C))
+
+
+@settings(max_examples=30, deadline=None)
+@given(classes, st.integers(2, 400), amplitudes, st.integers(0, 50))
+def test_ones_at_period_boundaries(C, T, A, k):
+    np.testing.assert_allclose(triangle(C, T, A)(k * T), np.ones(C), rtol=1e-6)
+
+
+def test_triangle_hand_values(x64):
+    # C = 3, T = 200, A = 10: class 0 in focus for t in [0, 200), peak 10 at t = 100.
+    s = triangle(3, 200, 10.0)
+    np.testing.assert_allclose(s(100), [3 * 10 / 12, 3 / 12, 3 / 12], rtol=1e-14)
+    g = 1 + 2 * 9 / 200 * 50  # rising edge at t = 50
+    np.testing.assert_allclose(s(50), 3 * np.array([g, 1, 1]) / (g + 2), rtol=1e-14)
+    g = 2 * 10 - 2 * 9 / 200 * 150 - 1  # falling edge at t = 150
+    np.testing.assert_allclose(s(150), 3 * np.array([g, 1, 1]) / (g + 2), rtol=1e-14)
+    # the focus moves to class 1, then class 2, then back to 0
+    assert np.argmax(s(300)) == 1 and np.argmax(s(500)) == 2 and np.argmax(s(700)) == 0
+
+
+def test_stop_after():
+    s = triangle(3, 200, 10.0, stop_after=1000)
+    assert not np.allclose(s(99), 1.0)  # oscillating before the stop step
+    for t in (1000, 1001, 1100, 50_000):
+        np.testing.assert_array_equal(s(t), np.ones(3))
+
+
+def test_shapes_share_peak_and_normalisation(x64):
+    for shape in SHAPES:
+        np.testing.assert_allclose(shape(3, 200, 10.0)(100), [2.5, 0.25, 0.25], rtol=1e-12)
+    np.testing.assert_allclose(square(3, 200, 10.0)(10), np.ones(3))
+    np.testing.assert_array_equal(constant(4)(123), np.ones(4))
+    np.testing.assert_array_equal(make_schedule("constant", 3, 200, 10.0)(7), np.ones(3))
+
+
+def test_jit_and_vmap_over_traced_parameters():
+    amplitudes = jnp.array([1.0, 10.0, 70.0])
+    periods = jnp.array([100.0, 200.0, 5000.0])
+    stops = jnp.array([0, 10**9, 10**9])
+
+    @jax.jit
+    def gammas(A, T, stop):
+        return triangle(3, T, A, stop_after=stop)(50)
+
+    out = jax.vmap(gammas)(amplitudes, periods, stops)
+    for i in range(3):
+        stop = None if i else 0
+        expected = triangle(3, float(periods[i]), float(amplitudes[i]), stop_after=stop)(50)
+        np.testing.assert_allclose(out[i], expected, rtol=1e-6)
+    np.testing.assert_array_equal(out[0], np.ones(3))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"amplitude": 0.5}, "amplitude must be >= 1"),
+        ({"period": 0}, "period must be > 0"),
+        ({"period": -3}, "period must be > 0"),
+        ({"num_classes": 0}, "num_classes must be an integer >= 1"),
+        ({"stop_after": -1}, "stop_after must be a step >= 0"),
+    ],
+)
+def test_bad_input(kwargs, message):
+    args = {"num_classes": 3, "period": 200, "amplitude": 10.0} | kwargs
+    stop = args.pop("stop_after", None)
+    with pytest.raises(ValueError, match=message):
+        triangle(args["num_classes"], args["period"], args["amplitude"], stop_after=stop)
+
+
+def test_unknown_shape():
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        make_schedule("sawtooth", 3, 200, 10.0)

@@ -1,0 +1,200 @@
+"""The trainer and its run files: records, checkpoints, restore, dtypes, divergence, failures."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import xarray as xr
+
+from schedules import triangle
+from training import STEP_VARIABLES, TrainConfig, open_run, restore, train
+
+SMALL = TrainConfig(
+    hidden_widths=(16,),
+    steps=250,
+    checkpoint_every=60,
+    eval_every=25,
+    chunk_steps=100,
+    amplitude=5.0,
+    period=50.0,
+)
+
+
+@pytest.fixture(scope="module")
+def run_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("runs") / "small.nc"
+    train(SMALL.replace(output=str(path)))
+    return path
+
+
+def test_file_layout(run_path):
+    ds = open_run(run_path)
+    assert ds.attrs["status"] == "complete"
+    assert int(ds.attrs["last_complete_step"]) == 249
+    assert ds.attrs["format_version"] == "1"
+    assert ds.attrs["dynloss_version"]
+    assert TrainConfig.from_json(ds.attrs["config"]) == SMALL.replace(output=str(run_path))
+    np.testing.assert_array_equal(ds["step"], np.arange(250))
+    for name in STEP_VARIABLES:
+        assert ds[name].dims[0] == "step"
+        assert ds[name].attrs["long_name"] and "units" in ds[name].attrs
+    assert ds["gamma"].dims == ("step", "class")
+    # chunks break at checkpoints (every 60) and chunk boundaries (every 100); final one at 250
+    np.testing.assert_array_equal(ds["checkpoint_step"], [0, 60, 120, 180, 240, 250])
+    assert ds["params"].dims == ("checkpoint", "param") and ds.sizes["param"] == 2 * 16 + 16 + 51
+    assert ds["rng_key"].dtype == np.uint32
+    layout = json.loads(ds.attrs["param_layout"])
+    assert sum(int(np.prod(shape)) for _, shape, _ in layout) == ds.sizes["param"]
+    val = ds["val_accuracy"].values
+    assert np.all(np.isfinite(val[::25])) and np.all(np.isnan(np.delete(val, np.s_[::25])))
+
+
+def test_gamma_recorded_is_the_schedule(run_path):
+    ds = open_run(run_path)
+    s = triangle(3, 50.0, 5.0)
+    for t in (0, 10, 25, 77, 249):
+        np.testing.assert_allclose(ds["gamma"].sel(step=t), s(t), rtol=1e-6)
+    np.testing.assert_allclose(ds["gamma"].sum("class"), 3.0, rtol=1e-6)
+
+
+def test_restore_reproduces_recorded_loss(run_path):
+    ds = open_run(run_path)
+    for step in (0, 60, 180, 240):
+        r = restore(run_path, step)
+        assert r.step == step and r.gamma.shape == (3,)
+        recorded = float(ds["loss"].sel(step=step))
+        np.testing.assert_allclose(float(r.loss_fn(r.params)), recorded, rtol=1e-6)
+        recorded_static = float(ds["static_loss"].sel(step=step))
+        np.testing.assert_allclose(float(r.static_loss_fn(r.params)), recorded_static, rtol=1e-6)
+        out = r.model.apply(r.params, r.data.x_train)
+        np.testing.assert_allclose(
+            np.mean(np.argmax(out, -1) == r.data.y_train),
+            float(ds["train_accuracy"].sel(step=step)),
+            rtol=1e-6,
+        )
+
+
+def test_restore_rejects_unsaved_step(run_path):
+    with pytest.raises(ValueError, match="step 61 is not a saved checkpoint"):
+        restore(run_path, 61)
+
+
+def test_float64_run_without_flags_and_float32_stays_float32(tmp_path):
+    assert not jax.config.jax_enable_x64
+    config = SMALL.replace(steps=120, dtype="float64", output=str(tmp_path / "f64.nc"))
+    ds = train(config)
+    for name in ("loss", "gamma", "params", "grad_norm"):
+        assert ds[name].dtype == np.float64, name
+    r = restore(config.output, 60)  # restoring a float64 run turns x64 on for the process
+    np.testing.assert_allclose(
+        float(r.loss_fn(r.params)), float(ds["loss"].sel(step=60)), rtol=1e-12
+    )
+    with jax.enable_x64(True):
+        ds32 = train(SMALL.replace(steps=120))
+    for name in ("loss", "gamma", "params", "grad_norm", "val_loss"):
+        assert ds32[name].dtype == np.float32, name
+
+
+def test_divergence_is_recorded(tmp_path):
+    config = SMALL.replace(
+        loss="dmse1", learning_rate=50.0, steps=400, output=str(tmp_path / "div.nc")
+    )
+    ds = train(config)
+    assert ds.attrs["status"] == "diverged"
+    bad = int(ds.attrs["diverged_at_step"])
+    assert ds.sizes["step"] == bad + 1 == int(ds.attrs["last_complete_step"]) + 1
+    assert not np.isfinite(ds["loss"].values[-1]) and np.all(np.isfinite(ds["loss"].values[:-1]))
+
+
+def test_existing_output_is_not_overwritten(run_path):
+    before = run_path.read_bytes()
+    with pytest.raises(FileExistsError, match="already exists; choose another path"):
+        train(SMALL.replace(output=str(run_path)))
+    assert run_path.read_bytes() == before
+
+
+def test_failure_marks_file_and_keeps_records(tmp_path):
+    path = tmp_path / "fail.nc"
+
+    def progress(done, total, latest):
+        if done >= 100:
+            raise RuntimeError("interrupted by the test")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        train(SMALL.replace(output=str(path)), progress=progress)
+    ds = open_run(path)
+    assert ds.attrs["status"] == "failed" and "interrupted by the test" in ds.attrs["error"]
+    assert ds.sizes["step"] == 100 and int(ds.attrs["last_complete_step"]) == 99
+
+
+def test_static_loss_records_unit_gamma_and_equal_losses():
+    ds = train(SMALL.replace(loss="ce", steps=60))
+    np.testing.assert_array_equal(ds["gamma"], 1.0)
+    np.testing.assert_array_equal(ds["loss"], ds["static_loss"])
+
+
+def test_minibatch_run_is_deterministic():
+    config = SMALL.replace(batch_size=32, steps=80, optimizer="momentum")
+    a, b = train(config), train(config)
+    xr.testing.assert_identical(a, b)
+    assert ds_is_finite(a)
+
+
+def ds_is_finite(ds):
+    return bool(np.all(np.isfinite(ds["loss"].values)))
+
+
+def test_no_output_returns_dataset_without_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ds = train(SMALL.replace(steps=30))
+    assert ds.attrs["status"] == "complete" and list(tmp_path.iterdir()) == []
+
+
+def test_killed_run_leaves_readable_file(tmp_path):
+    path = tmp_path / "killed.nc"
+    config = TrainConfig(
+        hidden_widths=(16,),
+        steps=2_000_000,
+        chunk_steps=2000,
+        checkpoint_every=100_000,
+        output=str(path),
+    )
+    script = (
+        "from training import TrainConfig, train\n"
+        f"train(TrainConfig.from_json({config.to_json()!r}))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], env=os.environ | {"JAX_PLATFORMS": "cpu"}
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            time.sleep(0.5)
+            if path.exists() and _steps_on_disk(path) >= 4000:
+                break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    ds = open_run(path)
+    assert ds.attrs["status"] == "running"
+    n = ds.sizes["step"]
+    assert n >= 4000 and n % 2000 == 0
+    assert int(ds.attrs["last_complete_step"]) == n - 1
+    assert np.all(np.isfinite(ds["loss"].values))
+
+
+def _steps_on_disk(path: Path) -> int:
+    try:
+        with xr.open_dataset(path) as ds:
+            return int(ds.attrs.get("last_complete_step", -1)) + 1
+    except OSError:
+        return 0
