@@ -53,10 +53,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--widths", type=int, nargs="+", default=[100, 1000])
     args = parser.parse_args()
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {args.steps} steps, best of "
-          f"{args.repeats}")
-    header = (f"{'width':>6} {'recorded steps/s':>17} {'bare steps/s':>13} {'ratio':>6} "
-              f"{'vs 15k target':>14} {'vs 0.75 ratio':>14}")
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0].platform}, {args.steps} steps, best of "
+        f"{args.repeats}"
+    )
+    header = (
+        f"{'width':>6} {'recorded steps/s':>17} {'bare steps/s':>13} {'ratio':>6} "
+        f"{'vs 15k target':>14} {'vs 0.75 ratio':>14}"
+    )
     print(header)
     print("-" * len(header))
     for width in args.widths:
@@ -65,8 +69,10 @@ def main() -> None:
         recorded = _rate(make_step(problem), carry, args.steps, args.repeats)
         bare = _rate(_bare_step(problem), carry, args.steps, args.repeats)
         ratio = recorded / bare
-        print(f"{width:>6} {recorded:>17,.0f} {bare:>13,.0f} {ratio:>6.2f} "
-              f"{recorded / TARGET_STEPS_PER_S:>14.2f} {ratio / TARGET_RATIO:>14.2f}")
+        print(
+            f"{width:>6} {recorded:>17,.0f} {bare:>13,.0f} {ratio:>6.2f} "
+            f"{recorded / TARGET_STEPS_PER_S:>14.2f} {ratio / TARGET_RATIO:>14.2f}"
+        )
 
 
 if __name__ == "__main__":
