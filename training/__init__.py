@@ -9,6 +9,7 @@ os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 
 from training._config import DATASETS, DTYPES, MODELS, OPTIMIZERS, TrainConfig
 from training._data import Data, spiral
+from training._metrics import Context, Metric, stateless
 from training._models import Model, Params, mlp
 from training._runfile import STEP_VARIABLES, open_run, sibling_path, write_sibling
 from training._trainer import (
@@ -16,6 +17,7 @@ from training._trainer import (
     Restored,
     build,
     config_of,
+    context,
     initial_state,
     load_data,
     make_step,
@@ -31,7 +33,9 @@ __all__ = [
     "MODELS",
     "OPTIMIZERS",
     "STEP_VARIABLES",
+    "Context",
     "Data",
+    "Metric",
     "Model",
     "Params",
     "Problem",
@@ -39,6 +43,7 @@ __all__ = [
     "TrainConfig",
     "build",
     "config_of",
+    "context",
     "initial_state",
     "load_data",
     "make_step",
@@ -48,6 +53,7 @@ __all__ = [
     "restore",
     "sibling_path",
     "spiral",
+    "stateless",
     "train",
     "unflatten",
     "write_sibling",

@@ -69,6 +69,7 @@ class TrainConfig:
     eval_every: int = 100
     chunk_steps: int = 1000
     output: str | None = None
+    track_every: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.hidden_widths, int):
@@ -164,6 +165,7 @@ def _validate(c: TrainConfig) -> None:
     _integer(c, "checkpoint_every", 1)
     _integer(c, "eval_every", 1)
     _integer(c, "chunk_steps", 1)
+    _integer(c, "track_every", 1)
     _integer(c, "batch_size", 1, optional=True)
     _integer(c, "stop_after", 0, optional=True)
     if not c.hidden_widths or any(

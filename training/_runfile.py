@@ -55,6 +55,12 @@ STEP_VARIABLES: dict[str, tuple[tuple[str, ...], str, str]] = {
 }
 
 
+INDEX_DIMS = {
+    "eigen_index": "rank of the Hessian eigenvalue (1 = largest)",
+    "ntk_eigen_index": "rank of the NTK eigenvalue (1 = largest)",
+}
+
+
 def package_version() -> str:
     try:
         return version("dynloss")
@@ -86,6 +92,8 @@ class RunWriter:
         num_opt: int,
         key_words: int,
         dtype: str,
+        extra_variables: Mapping[str, tuple[tuple[str, ...], str, str]] | None = None,
+        extra_dims: Mapping[str, int] | None = None,
         extra_attrs: Mapping[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
@@ -105,8 +113,14 @@ class RunWriter:
         cls = nc.createVariable(CLASS, "i4", (CLASS,))
         cls.long_name = "class index"
         cls[:] = np.arange(num_classes, dtype=np.int32)
+        for dim, size in (extra_dims or {}).items():
+            nc.createDimension(dim, size)
+            if dim in INDEX_DIMS:  # eigen indices count from 1: λ1 is eigen_index=1
+                coord = nc.createVariable(dim, "i4", (dim,))
+                coord.long_name = INDEX_DIMS[dim]
+                coord[:] = np.arange(1, size + 1, dtype=np.int32)
         float_type = "f8" if dtype == "float64" else "f4"
-        for name, (dims, long_name, units) in STEP_VARIABLES.items():
+        for name, (dims, long_name, units) in {**STEP_VARIABLES, **(extra_variables or {})}.items():
             var = nc.createVariable(name, float_type, (STEP, *dims), fill_value=np.nan)
             var.long_name = long_name
             var.units = units
@@ -198,7 +212,7 @@ def open_run(path: str | Path, *, siblings: bool = True) -> xr.Dataset:
             if sibling == path or sibling.name.endswith(".tmp"):
                 continue
             extra = xr.open_dataset(sibling)
-            ds = xr.merge([ds, extra], join="outer", combine_attrs="drop_conflicts")
+            ds = xr.merge([ds, extra], join="outer", combine_attrs="override")
     return ds
 
 

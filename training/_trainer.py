@@ -7,7 +7,7 @@ import itertools
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,8 +22,18 @@ from jax.flatten_util import ravel_pytree
 from schedules import STATIC_OF, Schedule, constant, get_loss, is_dynamical, make_schedule
 from training._config import TrainConfig
 from training._data import Data, spiral
+from training._metrics import (
+    Context,
+    Metric,
+    as_metric,
+    as_record,
+    check_names,
+    dims_of,
+    nan_like,
+    variables,
+)
 from training._models import Model, Params, mlp
-from training._runfile import RunWriter, open_run
+from training._runfile import STEP_VARIABLES, RunWriter, open_run
 
 ProgressCallback = Callable[[int, int, dict[str, float]], None]
 """``progress(steps_done, steps_total, latest)`` called after every chunk."""
@@ -160,12 +170,89 @@ def initial_state(problem: Problem) -> tuple[Params, Any, jax.Array]:
     return params, problem.optimizer.init(params), run_key
 
 
-def make_step(problem: Problem) -> Callable:
+def context(
+    problem: Problem, params: Params, step: jax.typing.ArrayLike, grads: Params | None = None
+) -> Context:
+    """The :class:`Context` of ``params`` at ``step``: full-batch loss with Γ(step) applied.
+
+    ``grads`` (the gradient of that loss) is computed when not given.
+    """
+    dtype = problem.dtype
+    x = jnp.asarray(problem.data.x_train, dtype)
+    y = jnp.asarray(problem.data.y_train)
+    gamma = problem.schedule(step).astype(dtype)
+    apply = problem.model.apply
+
+    def loss_fn(p: Params) -> jax.Array:
+        return problem.loss(apply(p, x), y, gamma)
+
+    def static_loss_fn(p: Params) -> jax.Array:
+        return problem.static_loss(apply(p, x), y)
+
+    if grads is None:
+        grads = jax.grad(loss_fn)(params)
+    learning_rate = jnp.asarray(problem.learning_rate(step), dtype)
+    return Context(
+        params,
+        apply,
+        loss_fn,
+        static_loss_fn,
+        grads,
+        x,
+        y,
+        problem.data,
+        jnp.asarray(step),
+        gamma,
+        learning_rate,
+        problem.config,
+    )
+
+
+NamedMetrics = list[tuple[str, Metric]]
+
+
+def metric_layout(
+    problem: Problem, metrics: NamedMetrics
+) -> tuple[dict[str, tuple[str, ...]], dict[str, int]]:
+    """Recorded variable dims and extra dim sizes of ``metrics``, found by abstract evaluation."""
+    params = jax.eval_shape(lambda: initial_state(problem)[0])
+    var_dims: dict[str, tuple[str, ...]] = {}
+    sizes: dict[str, int] = {}
+    for name, metric in metrics:
+
+        def one(params: Params, metric: Metric = metric) -> Any:
+            ctx = context(problem, params, 0)
+            return metric.update(ctx, metric.init(ctx))[0]
+
+        try:
+            values = jax.eval_shape(one, params)
+        except Exception as error:
+            raise ValueError(
+                f"metric {name!r} cannot run inside the trainer's compiled loop: "
+                f"{type(error).__name__}: {str(error).splitlines()[0]} Online metrics must be "
+                "traceable by jax.jit (no Python control flow on values, no boolean masks); "
+                "analysis.map_checkpoints also runs plain Python functions post hoc."
+            ) from error
+        for var, dims in dims_of(name, metric, values).items():
+            var_dims[var] = dims
+            shape = jnp.shape(variables(name, metric, values)[var])
+            for dim, size in zip(dims, shape, strict=True):
+                if sizes.setdefault(dim, size) != size:
+                    raise ValueError(
+                        f"dimension {dim!r} has size {sizes[dim]} in one metric and {size} in "
+                        f"{name!r}; give the dimensions distinct names."
+                    )
+    check_names(list(var_dims), {*STEP_VARIABLES, "step", "class"})
+    return var_dims, sizes
+
+
+def make_step(problem: Problem, metrics: NamedMetrics = ()) -> Callable:
     """The per-step function ``(carry, step) -> (carry, records)`` scanned by the trainer.
 
-    ``carry = (params, opt_state, key)``. Records hold the loss minimised at this step, the
-    static loss and accuracy of the same outputs, Γ, the learning rate, the gradient norm, and
-    validation loss/accuracy on eval steps (NaN elsewhere).
+    ``carry = (params, opt_state, key, metric_states)``. Records hold the loss minimised at this
+    step, the static loss and accuracy of the same outputs, Γ, the learning rate, the gradient
+    norm, validation loss/accuracy on eval steps (NaN elsewhere), and each metric's values on
+    steps that are multiples of ``track_every`` (NaN elsewhere).
     """
     config, dtype = problem.config, problem.dtype
     x = jnp.asarray(problem.data.x_train, dtype)
@@ -174,6 +261,7 @@ def make_step(problem: Problem) -> Callable:
     y_val = jnp.asarray(problem.data.y_val)
     apply, loss, static_loss = problem.model.apply, problem.loss, problem.static_loss
     num_train, batch_size = x.shape[0], config.batch_size
+    metrics = list(metrics)
 
     def evaluate(params: Params) -> tuple[jax.Array, jax.Array]:
         out = apply(params, x_val)
@@ -184,8 +272,16 @@ def make_step(problem: Problem) -> Callable:
         nan = jnp.asarray(jnp.nan, dtype)
         return nan, nan
 
+    def track(ctx: Context, states: tuple) -> tuple[dict[str, jax.Array], tuple]:
+        records, new_states = {}, []
+        for (name, metric), state in zip(metrics, states, strict=True):
+            values, state = metric.update(ctx, state)
+            records.update(as_record(variables(name, metric, values), dtype))
+            new_states.append(state)
+        return records, tuple(new_states)
+
     def step_fn(carry: tuple, step: jax.Array) -> tuple[tuple, dict[str, jax.Array]]:
-        params, opt_state, key = carry
+        params, opt_state, key, states = carry
         gamma = problem.schedule(step).astype(dtype)
         if batch_size is None:
             xb, yb = x, y
@@ -213,9 +309,30 @@ def make_step(problem: Problem) -> Callable:
             "learning_rate": jnp.asarray(problem.learning_rate(step), dtype),
             "grad_norm": optax.tree.norm(grads).astype(dtype),
         }
-        return (new_params, opt_state, key), records
+        if metrics:
+            ctx = context(problem, params, step, grads if batch_size is None else None)
+            if config.track_every == 1:
+                tracked, states = track(ctx, states)
+            else:
+                shapes = jax.eval_shape(lambda st: track(ctx, st), states)[0]
+                tracked, states = jax.lax.cond(
+                    step % config.track_every == 0,
+                    lambda st: track(ctx, st),
+                    lambda st: (nan_like(shapes), st),
+                    states,
+                )
+            records.update(tracked)
+        return (new_params, opt_state, key, states), records
 
     return step_fn
+
+
+def init_metric_states(problem: Problem, metrics: NamedMetrics, params: Params) -> tuple:
+    """Each metric's initial state, from the context of step 0."""
+    if not metrics:
+        return ()
+    ctx = context(problem, params, 0)
+    return tuple(metric.init(ctx) for _, metric in metrics)
 
 
 def _chunk_bounds(config: TrainConfig) -> list[tuple[int, int]]:
@@ -234,6 +351,7 @@ def _first_nonfinite(loss: np.ndarray) -> int | None:
 def train(
     config: TrainConfig | None = None,
     *,
+    metrics: Mapping[str, Metric | Callable[[Context], Any]] | None = None,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
 ) -> xr.Dataset:
@@ -247,6 +365,10 @@ def train(
 
     Args:
       config: the run (``TrainConfig()`` if None).
+      metrics: named per-step diagnostics ``{"name": fn}`` with ``fn(ctx) -> value`` (or a
+        :class:`Metric`), evaluated inside the scan every ``config.track_every`` steps and
+        recorded like the built-in variables (see ``training._metrics``). Their names are
+        listed in the run file's ``metrics`` attribute.
       overwrite: replace an existing ``config.output`` (refused otherwise, so no data is lost).
       progress: optional callback ``progress(steps_done, steps_total, latest_records)``.
     """
@@ -260,17 +382,19 @@ def train(
             )
         if out.exists() and out.is_dir():
             raise IsADirectoryError(f"output {str(out)!r} is a directory; give a file path.")
+    named = [(name, as_metric(m)) for name, m in (metrics or {}).items()]
     with precision(config.dtype):
         problem = build(config)
+        layout = metric_layout(problem, named)  # user errors surface before any file exists
         if config.output is None:
             fd, tmp = tempfile.mkstemp(suffix=".nc", prefix="dynloss-run-")
             os.close(fd)
             try:
-                _run(problem, Path(tmp), progress)
+                _run(problem, named, layout, Path(tmp), progress)
                 return _load(tmp)
             finally:
                 os.unlink(tmp)
-        _run(problem, Path(config.output), progress)
+        _run(problem, named, layout, Path(config.output), progress)
         return _load(config.output)
 
 
@@ -279,9 +403,29 @@ def _load(path: str | Path) -> xr.Dataset:
         return ds.load()
 
 
-def _run(problem: Problem, path: Path, progress: ProgressCallback | None) -> None:
+def _run(
+    problem: Problem,
+    metrics: NamedMetrics,
+    layout: tuple[dict[str, tuple[str, ...]], dict[str, int]],
+    path: Path,
+    progress: ProgressCallback | None,
+) -> None:
     config = problem.config
     params, opt_state, key = initial_state(problem)
+    var_dims, dim_sizes = layout
+    described = {}
+    for _, metric in metrics:
+        described.update(metric.attrs or {})
+    extra_variables = {
+        var: (
+            dims,
+            described.get(var, {}).get(
+                "long_name", f"diagnostic {var!r} (NaN where not evaluated)"
+            ),
+            described.get(var, {}).get("units", "1"),
+        )
+        for var, dims in var_dims.items()
+    }
     np_dtype = np.float64 if config.dtype == "float64" else np.float32
     key_data = np.asarray(jax.random.key_data(key), np.uint32)
     writer = RunWriter(
@@ -294,14 +438,17 @@ def _run(problem: Problem, path: Path, progress: ProgressCallback | None) -> Non
         num_opt=int(_flat(opt_state, np_dtype).size),
         key_words=int(key_data.size),
         dtype=config.dtype,
+        extra_variables=extra_variables,
+        extra_dims=dim_sizes,
+        extra_attrs={"metrics": json.dumps([name for name, _ in metrics])},
     )
-    step_fn = make_step(problem)
+    step_fn = make_step(problem, metrics)
 
     @partial(jax.jit, static_argnums=2)
     def run_chunk(carry: tuple, start: jax.Array, length: int) -> tuple[tuple, dict]:
         return jax.lax.scan(step_fn, carry, start + jnp.arange(length))
 
-    carry = (params, opt_state, key)
+    carry = (params, opt_state, key, init_metric_states(problem, metrics, params))
     status = "complete"
     try:
         for start, stop in _chunk_bounds(config):
@@ -374,16 +521,14 @@ def restore(run: xr.Dataset | str | Path, step: int) -> Restored:
         np.asarray(ds["params"].isel(checkpoint=int(matches[0])).values), problem.dtype
     )
     params = unflatten(template, flat)
-    gamma = problem.schedule(step).astype(problem.dtype)
-    x = jnp.asarray(problem.data.x_train, problem.dtype)
-    y = jnp.asarray(problem.data.y_train)
-
-    def loss_fn(p: Params) -> jax.Array:
-        return problem.loss(problem.model.apply(p, x), y, gamma)
-
-    def static_loss_fn(p: Params) -> jax.Array:
-        return problem.static_loss(problem.model.apply(p, x), y)
-
+    ctx = context(problem, params, step)
     return Restored(
-        problem.model, params, problem.data, loss_fn, static_loss_fn, gamma, int(step), config
+        problem.model,
+        params,
+        problem.data,
+        ctx.loss_fn,
+        ctx.static_loss_fn,
+        ctx.gamma,
+        int(step),
+        config,
     )

@@ -1,0 +1,275 @@
+"""User diagnostics over the saved checkpoints of a run: :func:`map_checkpoints`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+
+from training import (
+    Context,
+    Metric,
+    Problem,
+    build,
+    config_of,
+    context,
+    open_run,
+    precision,
+    unflatten,
+    write_sibling,
+)
+from training._metrics import as_metric, dims_of, variables
+from training._trainer import initial_state
+
+STEP = "step"
+
+
+class DiagnosticError(RuntimeError):
+    """A diagnostic failed at one checkpoint. ``step`` says where; ``partial`` holds the
+    results of the checkpoints that completed before it (a Dataset on ``step``, possibly
+    empty)."""
+
+    def __init__(self, message: str, step: int, partial: xr.Dataset) -> None:
+        super().__init__(message)
+        self.step = step
+        self.partial = partial
+
+
+def _select_steps(ds: xr.Dataset, steps: Sequence[int] | None) -> np.ndarray:
+    saved = np.asarray(ds["checkpoint_step"].values, np.int64)
+    if steps is None:
+        return saved
+    steps = np.atleast_1d(np.asarray(steps, np.int64))
+    missing = sorted(set(steps.tolist()) - set(saved.tolist()))
+    if missing:
+        raise ValueError(
+            f"steps {missing[:8]} are not saved checkpoints of this run; saved steps are "
+            f"{saved.tolist()[:8]}{' …' if saved.size > 8 else ''}."
+        )
+    return steps
+
+
+def _dataset(
+    name: str, metric: Metric, steps: list[int], rows: list[Any], run_attrs: dict
+) -> xr.Dataset:
+    if not rows:
+        return xr.Dataset(coords={STEP: np.asarray(steps[:0], np.int64)})
+    dims = dims_of(name, metric, rows[0])
+    data = {}
+    per_row = [variables(name, metric, row) for row in rows]
+    for var, extra in dims.items():
+        values = np.stack([np.asarray(row[var]) for row in per_row])
+        if values.dtype.kind in "biu":
+            values = values.astype(np.float64)
+        data[var] = ((STEP, *extra), values)
+    ds = xr.Dataset(data, coords={STEP: np.asarray(steps[: len(rows)], np.int64)})
+    for var, attrs in (metric.attrs or {}).items():
+        if var in ds:
+            ds[var].attrs.update(attrs)
+    ds.attrs["source_config"] = run_attrs.get("config", "")
+    return ds
+
+
+def map_checkpoints(
+    run: xr.Dataset | str | Path,
+    fn: Callable[[Context], Any] | Metric,
+    *,
+    steps: Sequence[int] | None = None,
+    batch: int | None = None,
+    name: str | None = None,
+    append: bool = False,
+    progress: bool = False,
+) -> xr.Dataset:
+    """Evaluate a diagnostic ``fn(ctx)`` at saved checkpoints of a run.
+
+    ``ctx`` is a :class:`training.Context` (params, apply_fn, loss_fn with Γ of the step,
+    static_loss_fn, grads, x, y, data, step, gamma, learning_rate, config), exactly what the
+    trainer passes to online metrics, so the same function gives the same values post hoc and
+    during training. Return values (scalars, arrays, or dicts of them) are stacked along a
+    ``step`` dimension; extra dimensions are ``f"{variable}_dim_{i}"`` unless ``fn`` is a
+    :class:`training.Metric` naming them.
+
+    Execution: a stateless ``fn`` is first tried ``jax.jit(jax.vmap(...))`` over batches of
+    ``batch`` checkpoints (default 16); if it cannot be traced, each checkpoint is evaluated
+    with ``jax.jit``, and where that fails too, as plain Python. A stateful :class:`Metric`
+    (warm-started eigensolvers) runs checkpoint after checkpoint, carrying its state.
+
+    Args:
+      run: a run file path or an opened run Dataset.
+      fn: the diagnostic.
+      steps: checkpoint steps to evaluate (default: all saved ones).
+      batch: checkpoints per vmapped batch.
+      name: variable name (default: ``fn.__name__``).
+      append: also write the result next to the run as ``RUN.<name>.nc`` (merged by
+        ``open_run``); needs ``run`` to be a path.
+      progress: show a progress bar.
+
+    Returns:
+      A Dataset on ``step`` holding only the evaluated steps.
+
+    Raises:
+      DiagnosticError: ``fn`` raised at some checkpoint; the message names the step, and
+        ``error.partial`` holds the results computed before it (also written when
+        ``append``).
+    """
+    if append and not isinstance(run, str | Path):
+        raise ValueError("append=True needs the run's file path, not an opened Dataset.")
+    if batch is not None and (not isinstance(batch, int) or batch < 1):
+        raise ValueError(f"batch must be an integer >= 1 or None (got {batch!r}).")
+    metric = as_metric(fn)
+    name = name or getattr(fn, "__name__", None) or "diagnostic"
+    if name == "<lambda>":
+        raise ValueError("a lambda has no name; pass name='...' to map_checkpoints.")
+    ds = open_run(run) if isinstance(run, str | Path) else run
+    config = config_of(ds)
+    selected = _select_steps(ds, steps).tolist()
+    index = {int(s): i for i, s in enumerate(ds["checkpoint_step"].values)}
+    flat_params = ds["params"]
+    with precision(config.dtype):
+        problem = build(config)
+        template = jax.eval_shape(lambda: initial_state(problem)[0])
+
+        def params_at(step: int) -> jax.Array:
+            values = np.asarray(flat_params.isel(checkpoint=index[step]).values)
+            return jnp.asarray(values, problem.dtype)
+
+        rows: list[Any] = []
+        bar = _bar(progress, len(selected), name)
+        try:
+            if not isinstance(fn, Metric):
+                _run_stateless(
+                    problem, template, metric, selected, params_at, batch or 16, rows, bar
+                )
+            else:
+                _run_stateful(problem, template, metric, selected, params_at, rows, bar)
+        except _StepError as failure:
+            partial = _dataset(name, metric, selected, rows, ds.attrs)
+            if append:
+                write_sibling(run, name, partial)
+            raise DiagnosticError(
+                f"diagnostic {name!r} failed at step {failure.step}: "
+                f"{type(failure.error).__name__}: {failure.error}. Results of the "
+                f"{len(rows)} checkpoint(s) before it are in error.partial"
+                + (" and were written next to the run." if append else "."),
+                failure.step,
+                partial,
+            ) from failure.error
+        finally:
+            bar.close()
+    result = _dataset(name, metric, selected, rows, ds.attrs)
+    if append:
+        write_sibling(run, name, result)
+    return result
+
+
+class _StepError(Exception):
+    def __init__(self, step: int, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.step = step
+        self.error = error
+
+
+class _NoBar:
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _RichBar:
+    def __init__(self, total: int, label: str) -> None:
+        from rich.progress import Progress
+
+        self._progress = Progress()
+        self._task = self._progress.add_task(label, total=total)
+        self._progress.start()
+
+    def advance(self, n: int = 1) -> None:
+        self._progress.advance(self._task, n)
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+def _bar(show: bool, total: int, label: str) -> _NoBar | _RichBar:
+    return _RichBar(total, label) if show else _NoBar()
+
+
+def _evaluator(problem: Problem, template: Any, metric: Metric) -> Callable:
+    def evaluate(flat: jax.Array, step: jax.Array) -> Any:
+        ctx = context(problem, unflatten(template, flat), step)
+        return metric.update(ctx, metric.init(ctx))[0]
+
+    return evaluate
+
+
+def _run_stateless(problem, template, metric, selected, params_at, batch, rows, bar) -> None:
+    evaluate = _evaluator(problem, template, metric)
+    try:
+        batched = jax.jit(jax.vmap(evaluate))
+        first = selected[:batch]
+        out = batched(jnp.stack([params_at(s) for s in first]), jnp.asarray(first))
+    except Exception:  # not vmappable/jittable: fall back to one checkpoint at a time
+        _run_one_by_one(evaluate, selected, params_at, rows, bar)
+        return
+    for start in range(0, len(selected), batch):
+        chunk = selected[start : start + batch]
+        if start:
+            out = batched(jnp.stack([params_at(s) for s in chunk]), jnp.asarray(chunk))
+        host = jax.tree_util.tree_map(np.asarray, out)
+        for i in range(len(chunk)):
+            rows.append(jax.tree_util.tree_map(lambda a, i=i: a[i], host))
+        bar.advance(len(chunk))
+
+
+def _run_one_by_one(evaluate, selected, params_at, rows, bar) -> None:
+    jitted, use_jit = jax.jit(evaluate), True
+    for step in selected:
+        flat = params_at(step)
+        try:
+            if use_jit:
+                try:
+                    out = jitted(flat, jnp.asarray(step))
+                except Exception:
+                    use_jit = False
+            if not use_jit:
+                out = evaluate(flat, step)
+            rows.append(jax.tree_util.tree_map(np.asarray, out))
+        except Exception as error:
+            raise _StepError(step, error) from error
+        bar.advance()
+
+
+def _run_stateful(problem, template, metric, selected, params_at, rows, bar) -> None:
+    def ctx_at(flat: jax.Array, step: jax.Array) -> Context:
+        return context(problem, unflatten(template, flat), step)
+
+    def init(flat: jax.Array, step: jax.Array) -> Any:
+        return metric.init(ctx_at(flat, step))
+
+    def update(flat: jax.Array, step: jax.Array, state: Any) -> tuple[Any, Any]:
+        return metric.update(ctx_at(flat, step), state)
+
+    jitted = (jax.jit(init), jax.jit(update))
+    state = None
+    for step in selected:
+        flat, t = params_at(step), jnp.asarray(step)
+        try:
+            try:
+                if state is None:
+                    state = jitted[0](flat, t)
+                values, state = jitted[1](flat, t, state)
+            except Exception:  # not traceable: run eagerly
+                if state is None:
+                    state = init(flat, t)
+                values, state = update(flat, t, state)
+            rows.append(jax.tree_util.tree_map(np.asarray, values))
+        except Exception as error:
+            raise _StepError(step, error) from error
+        bar.advance()
