@@ -213,6 +213,69 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------ map
+def load_function(spec: str) -> Callable:
+    """``"package.module:function"`` or ``"path/to/file.py:function"`` -> the function."""
+    import importlib
+    import importlib.util
+
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(
+            f"function must be given as module:function or file.py:function (got {spec!r})."
+        )
+    if module_name.endswith(".py") or "/" in module_name:
+        path = Path(module_name)
+        if not path.is_file():
+            raise FileNotFoundError(f"file {module_name!r} (from {spec!r}) does not exist.")
+        loader_spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(loader_spec)
+        loader_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(module_name)
+    if not hasattr(module, attr):
+        raise ValueError(f"{module_name!r} has no attribute {attr!r} (from {spec!r}).")
+    return getattr(module, attr)
+
+
+def parse_steps(tokens: Sequence[str] | None, saved: np.ndarray) -> list[int] | None:
+    """Steps from ``--steps``: integers and ``start:stop[:stride]`` ranges over saved steps."""
+    if not tokens:
+        return None
+    chosen: list[int] = []
+    for token in tokens:
+        if ":" in token:
+            parts = [int(p) if p else None for p in token.split(":")]
+            if len(parts) not in (2, 3):
+                raise ValueError(f"--steps range must be start:stop[:stride] (got {token!r}).")
+            start, stop = parts[0] or 0, parts[1] if parts[1] is not None else int(saved.max()) + 1
+            stride = parts[2] if len(parts) == 3 and parts[2] else 1
+            chosen += [int(s) for s in saved if start <= s < stop and (s - start) % stride == 0]
+        else:
+            chosen.append(int(token))
+    return sorted(set(chosen))
+
+
+def _cmd_map(args: argparse.Namespace) -> int:
+    from analysis._map import map_checkpoints
+
+    fn = load_function(args.function)
+    ds = open_run(args.run)
+    steps = parse_steps(args.steps, ds["checkpoint_step"].values)
+    name = args.name or args.function.rpartition(":")[2]
+    result = map_checkpoints(
+        args.run, fn, steps=steps, batch=args.batch, name=name, append=True, progress=not args.quiet
+    )
+    print(
+        f"{name}: {result.sizes['step']} checkpoint(s), variables "
+        + ", ".join(sorted(result.data_vars))
+    )
+    from training import sibling_path
+
+    print(f"wrote {sibling_path(args.run, name)}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------- main
 def _examples(text: str) -> str:
     return "examples:\n" + textwrap.indent(textwrap.dedent(text).strip(), "  ")
@@ -276,6 +339,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("run", help="run file (.nc)")
     info.set_defaults(func=_cmd_info)
+
+    mp = sub.add_parser(
+        "map",
+        help="evaluate a user diagnostic at saved checkpoints",
+        description="Call FUNCTION(ctx) at saved checkpoints of RUN (ctx: params, apply_fn, "
+        "loss_fn, static_loss_fn, grads, x, y, data, step, gamma, learning_rate, config) and "
+        "write the results next to the run as RUN.<name>.nc (merged by open_run).",
+        formatter_class=raw,
+        epilog=_examples("""
+            dynloss map runs/demo/demo.nc examples/diagnostics.py:grad_cosine
+            dynloss map runs/demo/demo.nc mypackage.diag:margin --steps 0:70000:5000
+            dynloss map runs/a.nc diag.py:per_class_accuracy --steps 0 1000 2000 --name pca
+        """),
+    )
+    mp.add_argument("run", help="run file (.nc)")
+    mp.add_argument("function", help="module:function or path/to/file.py:function")
+    mp.add_argument(
+        "--steps",
+        nargs="+",
+        default=None,
+        help="checkpoint steps: integers or start:stop[:stride] (default: all)",
+    )
+    mp.add_argument("--name", default=None, help="variable name (default: the function's)")
+    mp.add_argument("--batch", type=int, default=None, help="checkpoints per vmapped batch")
+    mp.add_argument("--quiet", action="store_true", help="no progress bar")
+    mp.set_defaults(func=_cmd_map)
     return parser
 
 

@@ -91,3 +91,36 @@ def test_console_script_help():
             [*exe, *command, "--help"], capture_output=True, text=True, check=True
         )
         assert "examples:" in result.stdout
+
+
+def test_map_user_function_from_file(tmp_path, capsys):
+    run = tmp_path / "m.nc"
+    assert (
+        main(
+            [
+                "train",
+                "--hidden-widths",
+                "8",
+                "--steps",
+                "100",
+                "--checkpoint-every",
+                "25",
+                "--quiet",
+                "--output",
+                str(run),
+            ]
+        )
+        == 0
+    )
+    diag = tmp_path / "diag.py"
+    diag.write_text("def loss_again(ctx):\n    return ctx.loss_fn(ctx.params)\n")
+    assert main(["map", str(run), f"{diag}:loss_again", "--steps", "0:100:50", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote " + str(tmp_path / "m.loss_again.nc") in printed
+    ds = open_run(run)
+    np.testing.assert_allclose(
+        ds["loss_again"].sel(step=[0, 50]), ds["loss"].sel(step=[0, 50]), rtol=1e-5
+    )
+    assert np.isnan(ds["loss_again"].sel(step=25))
+    assert main(["map", str(run), "no_colon_here"]) == 2
+    assert "module:function" in capsys.readouterr().err

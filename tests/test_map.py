@@ -1,0 +1,140 @@
+"""User diagnostics: online (train(metrics=...)) and post hoc (map_checkpoints) are peers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from analysis._map import DiagnosticError, map_checkpoints
+from training import Metric, TrainConfig, open_run, sibling_path, train
+
+CONFIG = TrainConfig(
+    hidden_widths=(12,), steps=200, checkpoint_every=50, track_every=25, amplitude=5.0, period=40.0
+)
+
+
+def grad_cosine(ctx):
+    """Cosine between the gradients of the dynamical and the static loss."""
+    g_static = jax.grad(ctx.static_loss_fn)(ctx.params)
+    return optax.tree.vdot(ctx.grads, g_static) / (
+        optax.tree.norm(ctx.grads) * optax.tree.norm(g_static)
+    )
+
+
+def per_class(ctx):
+    pred = jnp.argmax(ctx.apply_fn(ctx.params, ctx.x), -1)
+    onehot = jax.nn.one_hot(ctx.y, ctx.gamma.shape[0])
+    return {
+        "accuracy": (onehot * (pred == ctx.y)[:, None]).sum(0) / onehot.sum(0),
+        "loss": ctx.loss_fn(ctx.params),
+    }
+
+
+def scalar_and_array(ctx):
+    return jnp.stack([ctx.gamma.sum(), ctx.learning_rate])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("map") / "run.nc"
+    train(
+        CONFIG.replace(output=str(path)),
+        metrics={"grad_cosine": grad_cosine, "per_class": per_class, "pair": scalar_and_array},
+    )
+    return path
+
+
+def test_online_records(run):
+    ds = open_run(run)
+    assert ds.attrs["metrics"] == '["grad_cosine", "per_class", "pair"]'
+    assert ds["per_class_accuracy"].dims == ("step", "per_class_accuracy_dim_0")
+    assert ds["pair"].dims == ("step", "pair_dim_0")
+    tracked = ds["grad_cosine"].values
+    assert np.all(np.isfinite(tracked[::25])) and np.all(np.isnan(np.delete(tracked, np.s_[::25])))
+    np.testing.assert_allclose(
+        ds["per_class_loss"].values[::25], ds["loss"].values[::25], rtol=1e-6
+    )
+    np.testing.assert_allclose(ds["pair"].values[::25, 0], 3.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("fn", "name"),
+    [(grad_cosine, "grad_cosine"), (per_class, "per_class"), (scalar_and_array, "pair")],
+)
+def test_post_hoc_equals_online(run, fn, name):
+    post = map_checkpoints(run, fn, name=name)
+    online = open_run(run)
+    steps = post["step"].values[post["step"].values < CONFIG.steps]
+    np.testing.assert_array_equal(post["step"], [0, 50, 100, 150, 200])
+    for var in post.data_vars:
+        np.testing.assert_allclose(
+            post[var].sel(step=steps), online[var].sel(step=steps), rtol=2e-5, atol=1e-6
+        )
+
+
+def test_python_only_function_falls_back_to_a_loop(run):
+    def host_side(ctx):
+        return float(np.asarray(ctx.loss_fn(ctx.params)))  # not traceable: needs the value
+
+    post = map_checkpoints(run, host_side, steps=[50, 100])
+    online = open_run(run)
+    np.testing.assert_allclose(post["host_side"], online["loss"].sel(step=[50, 100]), rtol=1e-5)
+
+
+def test_stateful_metric_and_named_dims(run):
+    counter = Metric(
+        init=lambda ctx: jnp.zeros((), jnp.int32),
+        update=lambda ctx, n: ({"count": n + 1, "gamma": ctx.gamma}, n + 1),
+        dims={"gamma": ("class",)},
+    )
+    post = map_checkpoints(run, counter, name="counter")
+    np.testing.assert_array_equal(post["counter_count"], [1, 2, 3, 4, 5])
+    assert post["counter_gamma"].dims == ("step", "class")
+
+
+def test_error_names_the_step_and_keeps_results(run):
+    def fails_late(ctx):
+        if int(ctx.step) >= 100:
+            raise RuntimeError("the user's bug")
+        return float(ctx.loss_fn(ctx.params))
+
+    with pytest.raises(
+        DiagnosticError, match="failed at step 100: RuntimeError: the user's bug"
+    ) as info:
+        map_checkpoints(run, fails_late, append=True)
+    assert info.value.step == 100
+    np.testing.assert_array_equal(info.value.partial["step"], [0, 50])
+    merged = open_run(run)
+    assert np.isfinite(merged["fails_late"].sel(step=50)) and np.isnan(
+        merged["fails_late"].sel(step=51)
+    )
+
+
+def test_append_and_merge(run):
+    map_checkpoints(run, grad_cosine, steps=[0, 100], append=True, name="cos_posthoc")
+    assert sibling_path(run, "cos_posthoc").exists()
+    merged = open_run(run)
+    assert merged.sizes["step"] == CONFIG.steps
+    assert np.isfinite(merged["cos_posthoc"].sel(step=100))
+
+
+def test_bad_inputs(run):
+    with pytest.raises(ValueError, match=r"steps \[51\] are not saved checkpoints"):
+        map_checkpoints(run, grad_cosine, steps=[51])
+    with pytest.raises(ValueError, match="a lambda has no name"):
+        map_checkpoints(run, lambda ctx: 1.0)
+    with pytest.raises(ValueError, match="batch must be an integer >= 1"):
+        map_checkpoints(run, grad_cosine, batch=0)
+    with pytest.raises(ValueError, match="append=True needs the run's file path"):
+        map_checkpoints(open_run(run), grad_cosine, append=True)
+
+
+def test_online_metric_must_be_traceable_and_not_clash():
+    def masked(ctx):
+        return jnp.mean(ctx.x[ctx.y == 0])
+
+    with pytest.raises(ValueError, match="metric 'masked' cannot run inside the trainer's"):
+        train(CONFIG.replace(steps=10), metrics={"masked": masked})
+    with pytest.raises(ValueError, match=r"clash with variables the trainer records"):
+        train(CONFIG.replace(steps=10), metrics={"loss": grad_cosine})
