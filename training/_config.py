@@ -70,6 +70,9 @@ class TrainConfig:
     chunk_steps: int = 1000
     output: str | None = None
     track_every: int = 1
+    hessian_top_k: int = 0
+    projection: bool = False
+    ntk_top_k: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.hidden_widths, int):
@@ -166,6 +169,20 @@ def _validate(c: TrainConfig) -> None:
     _integer(c, "eval_every", 1)
     _integer(c, "chunk_steps", 1)
     _integer(c, "track_every", 1)
+    _integer(c, "hessian_top_k", 0)
+    _integer(c, "ntk_top_k", 0)
+    if not isinstance(c.projection, bool):
+        raise ValueError(f"projection must be True or False (got {c.projection!r}).")
+    if c.projection and c.hessian_top_k < 1:
+        raise ValueError(
+            "projection=True needs hessian_top_k >= 1: the gradient is projected on the "
+            "tracked Hessian eigenvectors."
+        )
+    if c.ntk_top_k and 5 * c.ntk_top_k >= c.points_per_class * c.num_classes**2:
+        raise ValueError(
+            f"ntk_top_k must be < N·C/5 = {c.points_per_class * c.num_classes**2 / 5:g} for "
+            f"the warm-started LOBPCG tracker (got {c.ntk_top_k})."
+        )
     _integer(c, "batch_size", 1, optional=True)
     _integer(c, "stop_after", 0, optional=True)
     if not c.hidden_widths or any(

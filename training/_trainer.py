@@ -22,6 +22,7 @@ from jax.flatten_util import ravel_pytree
 from schedules import STATIC_OF, Schedule, constant, get_loss, is_dynamical, make_schedule
 from training._config import TrainConfig
 from training._data import Data, spiral
+from training._diagnostics import hessian_metric, ntk_metric
 from training._metrics import (
     Context,
     Metric,
@@ -335,6 +336,18 @@ def init_metric_states(problem: Problem, metrics: NamedMetrics, params: Params) 
     return tuple(metric.init(ctx) for _, metric in metrics)
 
 
+def builtin_metrics(config: TrainConfig) -> NamedMetrics:
+    """The diagnostics the configuration asks for (Hessian top-k, projection, NTK top-k)."""
+    named: NamedMetrics = []
+    if config.hessian_top_k:
+        named.append(
+            ("hessian", hessian_metric(config.hessian_top_k, projection=config.projection))
+        )
+    if config.ntk_top_k:
+        named.append(("ntk", ntk_metric(config.ntk_top_k)))
+    return named
+
+
 def _chunk_bounds(config: TrainConfig) -> list[tuple[int, int]]:
     """[start, stop) of each scan chunk; chunks also break at every checkpoint step."""
     cuts = set(range(0, config.steps, config.chunk_steps))
@@ -382,7 +395,7 @@ def train(
             )
         if out.exists() and out.is_dir():
             raise IsADirectoryError(f"output {str(out)!r} is a directory; give a file path.")
-    named = [(name, as_metric(m)) for name, m in (metrics or {}).items()]
+    named = builtin_metrics(config) + [(name, as_metric(m)) for name, m in (metrics or {}).items()]
     with precision(config.dtype):
         problem = build(config)
         layout = metric_layout(problem, named)  # user errors surface before any file exists
