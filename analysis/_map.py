@@ -94,7 +94,8 @@ def map_checkpoints(
     ``step`` dimension; extra dimensions are ``f"{variable}_dim_{i}"`` unless ``fn`` is a
     :class:`training.Metric` naming them.
 
-    Execution: a stateless ``fn`` is first tried ``jax.jit(jax.vmap(...))`` over batches of
+    Execution: a stateless ``fn`` (a plain function, or a Metric whose state is empty) is
+    first tried ``jax.jit(jax.vmap(...))`` over batches of
     ``batch`` checkpoints (default 16); if it cannot be traced, each checkpoint is evaluated
     with ``jax.jit``, and where that fails too, as plain Python. A stateful :class:`Metric`
     (warm-started eigensolvers) runs checkpoint after checkpoint, carrying its state.
@@ -141,7 +142,7 @@ def map_checkpoints(
         rows: list[Any] = []
         bar = _bar(progress, len(selected), name)
         try:
-            if not isinstance(fn, Metric):
+            if _is_stateless(problem, template, metric, params_at(selected[0]), selected[0]):
                 _run_stateless(
                     problem, template, metric, selected, params_at, batch or 16, rows, bar
                 )
@@ -199,6 +200,19 @@ class _RichBar:
 
 def _bar(show: bool, total: int, label: str) -> _NoBar | _RichBar:
     return _RichBar(total, label) if show else _NoBar()
+
+
+def _is_stateless(
+    problem: Problem, template: Any, metric: Metric, flat: jax.Array, step: int
+) -> bool:
+    """Whether ``metric.init`` returns an empty state (then checkpoints can be vmapped)."""
+    try:
+        state = jax.eval_shape(
+            lambda f: metric.init(context(problem, unflatten(template, f), step)), flat
+        )
+    except Exception:  # init not traceable: leave it to the sequential path
+        return False
+    return not jax.tree_util.tree_leaves(state)
 
 
 def _evaluator(problem: Problem, template: Any, metric: Metric) -> Callable:

@@ -1,0 +1,201 @@
+"""Post-hoc curvature of saved runs: Hessian and NTK along the checkpoints.
+
+Both go through :func:`analysis.map_checkpoints` with the same built-in metrics the trainer
+uses online (``training._diagnostics``), so post-hoc and online values are comparable variable
+for variable. Results are Datasets on a ``step`` coordinate holding only the analysed steps;
+``append=True`` writes them next to the run as ``RUN.hessian.nc`` / ``RUN.ntk.nc``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import xarray as xr
+
+from analysis._map import map_checkpoints
+from curvature import empirical_ntk, ntk_spectrum, spectral_density, stability_factors
+from training import Context, Metric, config_of, open_run
+from training._diagnostics import hessian_metric, ntk_metric
+
+NTK_MODE = "ntk_mode"
+DENSITY_POINT = "density_point"
+
+
+def _density_metric(
+    num_probes: int,
+    num_matvecs: int,
+    num_points: int,
+    sigma: float | None,
+) -> Metric:
+    def init(ctx: Context) -> tuple:
+        return ()
+
+    def update(ctx: Context, state: tuple) -> tuple[dict, tuple]:
+        key = jax.random.fold_in(jax.random.key(ctx.config.seed), 3)
+        d = spectral_density(
+            ctx.loss_fn,
+            ctx.params,
+            num_probes=num_probes,
+            num_matvecs=num_matvecs,
+            num_points=num_points,
+            sigma=sigma,
+            key=key,
+        )
+        return {"hessian_density": d.density, "hessian_density_grid": d.grid}, state
+
+    return Metric(
+        init,
+        update,
+        {"hessian_density": (DENSITY_POINT,), "hessian_density_grid": (DENSITY_POINT,)},
+        prefix=False,
+        attrs={
+            "hessian_density": {
+                "long_name": "SLQ spectral density of the Hessian "
+                "(integrates to 1 over hessian_density_grid)",
+                "units": "1",
+            },
+            "hessian_density_grid": {
+                "long_name": "eigenvalue grid of the spectral density",
+                "units": "1",
+            },
+        },
+    )
+
+
+def hessian_trajectory(
+    run: xr.Dataset | str | Path,
+    *,
+    steps: Sequence[int] | None = None,
+    k: int = 3,
+    projection: bool = True,
+    density: bool = False,
+    num_probes: int = 8,
+    num_matvecs: int | None = None,
+    num_points: int = 400,
+    sigma: float | None = None,
+    append: bool = False,
+    progress: bool = False,
+    **options: Any,
+) -> xr.Dataset:
+    """Top-k Hessian eigenpairs (and gradient projection, SLQ density) at saved checkpoints.
+
+    Each checkpoint is restored and analysed by a cold Lanczos run
+    (:func:`curvature.hessian_top_k`, residuals recorded): ``hessian_eigenvalues(step,
+    eigen_index)``, ``hessian_residuals``, and with ``projection`` ``grad_projection`` and
+    ``grad_perpendicular``; with ``density`` also ``hessian_density(step, density_point)`` on
+    ``hessian_density_grid`` (SLQ with ``num_probes`` probes). ``options`` go to
+    ``hessian_top_k`` (e.g. ``num_matvecs``).
+    """
+    result = map_checkpoints(
+        run,
+        hessian_metric(k, projection=projection, warm=False, **options),
+        steps=steps,
+        name="hessian",
+        progress=progress,
+    )
+    result = result.drop_vars("hessian_restarted")
+    if density:
+        dens = map_checkpoints(
+            run,
+            _density_metric(num_probes, num_matvecs or 80, num_points, sigma),
+            steps=steps,
+            name="hessian_density",
+            progress=progress,
+        )
+        result = xr.merge([result, dens])
+    return _finish(run, result, "hessian", append)
+
+
+def _ntk_full_metric(eigenvectors: bool, learning_rate: float, num_samples: int) -> Metric:
+    def init(ctx: Context) -> tuple:
+        return ()
+
+    def update(ctx: Context, state: tuple) -> tuple[dict, tuple]:
+        kernel = empirical_ntk(ctx.apply_fn, ctx.params, ctx.x)
+        spectrum = ntk_spectrum(kernel, eigenvectors=eigenvectors)
+        factors = stability_factors(spectrum.eigenvalues, learning_rate, num_samples)
+        values = {"ntk_spectrum": spectrum.eigenvalues, "ntk_stability_factors": factors.factors}
+        if eigenvectors:
+            values["ntk_eigenvectors"] = spectrum.eigenvectors
+        return values, state
+
+    dims = {
+        "ntk_spectrum": (NTK_MODE,),
+        "ntk_stability_factors": (NTK_MODE,),
+        "ntk_eigenvectors": (NTK_MODE, "ntk_row"),
+    }
+    attrs = {
+        "ntk_spectrum": {
+            "long_name": "all eigenvalues of the empirical NTK (N*C x N*C), descending",
+            "units": "1",
+        },
+        "ntk_stability_factors": {
+            "long_name": "per-mode factor 1 - eta*lambda_j/N (N training samples)",
+            "units": "1",
+        },
+        "ntk_eigenvectors": {
+            "long_name": "NTK eigenvectors as rows (row index n*C + c)",
+            "units": "1",
+        },
+    }
+    return Metric(init, update, dims, prefix=False, attrs=attrs)
+
+
+def ntk_trajectory(
+    run: xr.Dataset | str | Path,
+    *,
+    steps: Sequence[int] | None = None,
+    k: int = 3,
+    full: bool = False,
+    eigenvectors: bool = False,
+    batch: int | None = None,
+    append: bool = False,
+    progress: bool = False,
+    **options: Any,
+) -> xr.Dataset:
+    """NTK eigenvalues of the training inputs at saved checkpoints.
+
+    Default: the top ``k`` by matrix-free Lanczos (:func:`curvature.ntk_top_k`):
+    ``ntk_eigenvalues(step, ntk_eigen_index)``, ``ntk_residuals``. With ``full=True``: the
+    whole kernel is formed and diagonalised (:func:`curvature.ntk_spectrum`):
+    ``ntk_spectrum(step, ntk_mode)``, ``ntk_stability_factors`` (1 − ηλ_j/N), and with
+    ``eigenvectors=True`` ``ntk_eigenvectors(step, ntk_mode, ntk_row)``.
+    """
+    if eigenvectors and not full:
+        raise ValueError("eigenvectors=True needs full=True (the full kernel's eigenvectors).")
+    ds = open_run(run) if isinstance(run, str | Path) else run
+    config = config_of(ds)
+    if full:
+        num_samples = config.points_per_class * config.num_classes
+        metric = _ntk_full_metric(eigenvectors, config.learning_rate, num_samples)
+        result = map_checkpoints(
+            ds, metric, steps=steps, name="ntk", batch=batch or 1, progress=progress
+        )
+    else:
+        result = map_checkpoints(
+            ds,
+            ntk_metric(k, warm=False, **options),
+            steps=steps,
+            name="ntk",
+            batch=batch,
+            progress=progress,
+        )
+        result = result.drop_vars("ntk_restarted")
+    return _finish(run, result, "ntk", append)
+
+
+def _finish(run: Any, result: xr.Dataset, kind: str, append: bool) -> xr.Dataset:
+    for dim in ("eigen_index", "ntk_eigen_index", NTK_MODE):
+        if dim in result.dims:
+            result = result.assign_coords({dim: np.arange(1, result.sizes[dim] + 1)})
+    if append:
+        if not isinstance(run, str | Path):
+            raise ValueError("append=True needs the run's file path, not an opened Dataset.")
+        from training import write_sibling
+
+        write_sibling(run, kind, result)
+    return result
