@@ -27,11 +27,11 @@ def _bare_step(problem):
     y = jnp.asarray(problem.data.y_train)
 
     def step_fn(carry, step):
-        params, opt_state, key = carry
+        params, opt_state, key, states, hyper = carry
         gamma = problem.schedule(step).astype(problem.dtype)
         grads = jax.grad(lambda p: problem.loss(problem.model.apply(p, x), y, gamma))(params)
         updates, opt_state = problem.optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state, key), None
+        return (optax.apply_updates(params, updates), opt_state, key, states, hyper), None
 
     return step_fn
 
@@ -65,7 +65,7 @@ def main() -> None:
     print("-" * len(header))
     for width in args.widths:
         problem = build(TrainConfig(hidden_widths=(width,), steps=args.steps))
-        carry = initial_state(problem)
+        carry = (*initial_state(problem), (), problem.hyper)
         recorded = _rate(make_step(problem), carry, args.steps, args.repeats)
         bare = _rate(_bare_step(problem), carry, args.steps, args.repeats)
         ratio = recorded / bare

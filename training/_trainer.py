@@ -40,8 +40,39 @@ ProgressCallback = Callable[[int, int, dict[str, float]], None]
 """``progress(steps_done, steps_total, latest)`` called after every chunk."""
 
 
+class Hyper(NamedTuple):
+    """The hyperparameters that may differ between runs executed together (``jax.vmap``).
+
+    Arrays (scalars per run): ``amplitude``, ``period``, ``stop_after`` (``inf`` = never),
+    ``learning_rate``, ``momentum``. Everything else in a ``TrainConfig`` fixes shapes or code
+    paths and must be equal across a batch.
+    """
+
+    amplitude: jax.Array
+    period: jax.Array
+    stop_after: jax.Array
+    learning_rate: jax.Array
+    momentum: jax.Array
+
+
+def hyper_of(config: TrainConfig, dtype: Any = None) -> Hyper:
+    """The :class:`Hyper` of one configuration (JAX's default float dtype unless given)."""
+    dtype = dtype or jnp.result_type(float)
+    stop = jnp.inf if config.stop_after is None else config.stop_after
+    return Hyper(
+        *(
+            jnp.asarray(v, dtype)
+            for v in (config.amplitude, config.period, stop, config.learning_rate, config.momentum)
+        )
+    )
+
+
 class Problem(NamedTuple):
-    """Everything a configuration builds: data, model, Γ schedule, losses and optimiser."""
+    """Everything a configuration builds: data, model, Γ schedule, losses and optimiser.
+
+    ``schedule``, ``optimizer`` and ``learning_rate`` are built from ``hyper``; inside a
+    batched (vmapped) run :func:`specialise` rebuilds them from that run's traced ``Hyper``.
+    """
 
     config: TrainConfig
     data: Data
@@ -52,6 +83,7 @@ class Problem(NamedTuple):
     optimizer: optax.GradientTransformation
     learning_rate: optax.Schedule
     dtype: Any
+    hyper: Hyper
 
 
 class Restored(NamedTuple):
@@ -99,16 +131,6 @@ def build(config: TrainConfig) -> Problem:
         b_std=config.b_std,
         dtype=dtype,
     )
-    if is_dynamical(config.loss):
-        schedule = make_schedule(
-            config.schedule,
-            data.num_classes,
-            config.period,
-            config.amplitude,
-            stop_after=config.stop_after,
-        )
-    else:
-        schedule = constant(data.num_classes)
     dynamical = get_loss(config.loss)
     static = get_loss(STATIC_OF[config.loss])
 
@@ -119,14 +141,35 @@ def build(config: TrainConfig) -> Problem:
             else static(outputs, labels)
         )
 
-    learning_rate = optax.constant_schedule(config.learning_rate)
+    hyper = hyper_of(config, dtype)
+    problem = Problem(config, data, model, None, loss, static, None, None, dtype, hyper)
+    return specialise(problem, hyper)
+
+
+def specialise(problem: Problem, hyper: Hyper) -> Problem:
+    """``problem`` with schedule, learning rate and optimiser built from ``hyper``.
+
+    ``hyper`` may hold traced values (one run of a vmapped batch): the factories are closures
+    over them, jit- and vmap-safe.
+    """
+    config = problem.config
+    num_classes = problem.data.num_classes
+    if is_dynamical(config.loss):
+        schedule = make_schedule(
+            config.schedule, num_classes, hyper.period, hyper.amplitude, stop_after=hyper.stop_after
+        )
+    else:
+        schedule = constant(num_classes)
+    learning_rate = optax.constant_schedule(hyper.learning_rate)
     if config.optimizer == "gd":
         optimizer = optax.sgd(learning_rate)
     else:
         optimizer = optax.sgd(
-            learning_rate, momentum=config.momentum, nesterov=config.optimizer == "nesterov"
+            learning_rate, momentum=hyper.momentum, nesterov=config.optimizer == "nesterov"
         )
-    return Problem(config, data, model, schedule, loss, static, optimizer, learning_rate, dtype)
+    return problem._replace(
+        schedule=schedule, optimizer=optimizer, learning_rate=learning_rate, hyper=hyper
+    )
 
 
 def _layout(tree: Any) -> list:
@@ -250,7 +293,9 @@ def metric_layout(
 def make_step(problem: Problem, metrics: NamedMetrics = ()) -> Callable:
     """The per-step function ``(carry, step) -> (carry, records)`` scanned by the trainer.
 
-    ``carry = (params, opt_state, key, metric_states)``. Records hold the loss minimised at this
+    ``carry = (params, opt_state, key, metric_states, hyper)`` (``hyper`` is constant; it is
+    in the carry so that ``jax.vmap`` can batch runs with different hyperparameters). Records
+    hold the loss minimised at this
     step, the static loss and accuracy of the same outputs, Γ, the learning rate, the gradient
     norm, validation loss/accuracy on eval steps (NaN elsewhere), and each metric's values on
     steps that are multiples of ``track_every`` (NaN elsewhere).
@@ -282,8 +327,9 @@ def make_step(problem: Problem, metrics: NamedMetrics = ()) -> Callable:
         return records, tuple(new_states)
 
     def step_fn(carry: tuple, step: jax.Array) -> tuple[tuple, dict[str, jax.Array]]:
-        params, opt_state, key, states = carry
-        gamma = problem.schedule(step).astype(dtype)
+        params, opt_state, key, states, hyper = carry
+        run = specialise(problem, hyper)
+        gamma = run.schedule(step).astype(dtype)
         if batch_size is None:
             xb, yb = x, y
         else:
@@ -297,7 +343,7 @@ def make_step(problem: Problem, metrics: NamedMetrics = ()) -> Callable:
             return loss(out, yb, gamma), out
 
         (value, out), grads = jax.value_and_grad(objective, has_aux=True)(params)
-        updates, opt_state = problem.optimizer.update(grads, opt_state, params)
+        updates, opt_state = run.optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         val_loss, val_acc = jax.lax.cond(step % config.eval_every == 0, evaluate, skip_eval, params)
         records = {
@@ -307,11 +353,11 @@ def make_step(problem: Problem, metrics: NamedMetrics = ()) -> Callable:
             "val_loss": val_loss,
             "val_accuracy": val_acc,
             "gamma": gamma,
-            "learning_rate": jnp.asarray(problem.learning_rate(step), dtype),
+            "learning_rate": jnp.asarray(run.learning_rate(step), dtype),
             "grad_norm": optax.tree.norm(grads).astype(dtype),
         }
         if metrics:
-            ctx = context(problem, params, step, grads if batch_size is None else None)
+            ctx = context(run, params, step, grads if batch_size is None else None)
             if config.track_every == 1:
                 tracked, states = track(ctx, states)
             else:
@@ -323,7 +369,7 @@ def make_step(problem: Problem, metrics: NamedMetrics = ()) -> Callable:
                     states,
                 )
             records.update(tracked)
-        return (new_params, opt_state, key, states), records
+        return (new_params, opt_state, key, states, hyper), records
 
     return step_fn
 
@@ -461,7 +507,7 @@ def _run(
     def run_chunk(carry: tuple, start: jax.Array, length: int) -> tuple[tuple, dict]:
         return jax.lax.scan(step_fn, carry, start + jnp.arange(length))
 
-    carry = (params, opt_state, key, init_metric_states(problem, metrics, params))
+    carry = (params, opt_state, key, init_metric_states(problem, metrics, params), problem.hyper)
     status = "complete"
     try:
         for start, stop in _chunk_bounds(config):
