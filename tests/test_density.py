@@ -1,0 +1,57 @@
+"""Stochastic Lanczos quadrature against the exact eigenvalue distribution."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.stats import wasserstein_distance
+from test_lanczos import spiral_problem
+
+from curvature import broaden, hessian_eigh, spectral_density
+
+
+def test_slq_matches_exact_distribution_on_mlp(x64):
+    loss, (params,) = spiral_problem(100, jnp.float64, steps=(200,))
+    exact = np.asarray(hessian_eigh(loss, params).eigenvalues)
+    dens = jax.jit(
+        lambda p: spectral_density(loss, p, num_probes=8, num_matvecs=60, key=jax.random.key(0))
+    )(params)
+    assert dens.ritz_values.shape == (8, 60) and dens.ritz_weights.shape == (8, 60)
+    np.testing.assert_allclose(np.sum(dens.ritz_weights, axis=1), 1.0, atol=1e-12)
+    w1 = wasserstein_distance(
+        np.ravel(dens.ritz_values), exact, u_weights=np.ravel(dens.ritz_weights)
+    )
+    assert w1 < 0.01 * (exact.max() - exact.min())
+    np.testing.assert_allclose(np.trapezoid(dens.density, dens.grid), 1.0, atol=1e-12)
+
+
+def test_diagonal_density_and_rebroadening(x64):
+    values = jnp.asarray(np.repeat([-1.0, 2.0], [30, 10]))
+    loss = lambda z: 0.5 * jnp.sum(values * z**2)  # noqa: E731
+    dens = spectral_density(
+        loss, jnp.zeros(40), num_probes=20, num_matvecs=4, sigma=0.05, key=jax.random.key(1)
+    )
+    # Two atoms: the quadrature weights estimate their fractions 0.75 / 0.25.
+    mass_high = np.sum(np.where(dens.ritz_values > 0.5, dens.ritz_weights, 0.0)) / 20
+    assert abs(mass_high - 0.25) < 0.1
+    grid = jnp.linspace(-3.0, 4.0, 701)
+    wide = broaden(dens.ritz_values, dens.ritz_weights, grid, 0.3)
+    np.testing.assert_allclose(np.trapezoid(wide, grid), 1.0, atol=1e-12)
+    assert float(grid[jnp.argmax(wide)]) == pytest.approx(-1.0, abs=0.05)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_probes": 0}, r"num_probes must be a positive integer \(got 0\)"),
+        ({"num_matvecs": 0}, r"1 <= num_matvecs <= P = 5.*got 0"),
+        ({"num_matvecs": 6}, r"1 <= num_matvecs <= P = 5.*got 6"),
+        ({"reortho": "half"}, r"reortho must be 'full'"),
+        ({"sigma": -1.0}, r"sigma must be > 0 \(got -1.0\)"),
+        ({"num_points": 1}, r"num_points must be an integer >= 2 \(got 1\)"),
+    ],
+)
+def test_bad_inputs_are_rejected(kwargs, message):
+    options = {"num_probes": 2, "num_matvecs": 3, "key": jax.random.key(0), **kwargs}
+    with pytest.raises(ValueError, match=message):
+        spectral_density(lambda z: jnp.sum(z**2), jnp.zeros(5), **options)

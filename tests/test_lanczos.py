@@ -1,0 +1,158 @@
+"""Lanczos top-k against known spectra and against eigh of the dense Hessian."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from curvature import hessian_eigh, hessian_top_k, unravel_eigenvectors
+
+GAMMA = (2.5, 0.25, 0.25)
+
+
+def spiral_problem(width, dtype, steps=(0, 150, 300), seed=0):
+    """Spiral (3 arms x 100 points), 1-hidden-layer ReLU MLP, class-weighted CE, GD at lr 1.
+
+    Returns the loss and the parameter states reached after each number of ``steps``.
+    """
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for j in range(3):
+        r = np.linspace(0.0, 1.0, 100)
+        t = np.linspace(2 * np.pi / 3 * j, 2 * np.pi / 3 * j + 4 * np.pi, 100)
+        t = t + 0.2 * rng.standard_normal(100)
+        xs.append(np.stack([r * np.cos(t), r * np.sin(t)], 1))
+        ys.append(np.full(100, j))
+    x = jnp.asarray(np.concatenate(xs), dtype)
+    y = jnp.asarray(np.concatenate(ys))
+    weights = jnp.asarray(GAMMA, dtype)[y]
+
+    def loss(p):
+        out = jax.nn.relu(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+        nll = -jnp.take_along_axis(jax.nn.log_softmax(out), y[:, None], 1)[:, 0]
+        return jnp.mean(weights * nll)
+
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    params = {
+        "w1": jax.random.normal(k1, (2, width), dtype) / np.sqrt(2.0),
+        "b1": jnp.zeros(width, dtype),
+        "w2": jax.random.normal(k2, (width, 3), dtype) / np.sqrt(width),
+        "b2": jnp.zeros(3, dtype),
+    }
+    opt = optax.sgd(1.0)
+
+    @jax.jit
+    def run(p, n):
+        def body(_, c):
+            p, s = c
+            u, s = opt.update(jax.grad(loss)(p), s, p)
+            return optax.apply_updates(p, u), s
+
+        return jax.lax.fori_loop(0, n, body, (p, opt.init(p)))[0]
+
+    states, done = [], 0
+    for s in steps:
+        params = run(params, s - done)
+        done = s
+        states.append(params)
+    return loss, states
+
+
+def _quadratic(eigenvalues, seed=0):
+    n = len(eigenvalues)
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, n)))
+    a = jnp.asarray((q * np.asarray(eigenvalues)) @ q.T)
+    return (lambda z: 0.5 * z @ a @ z), jnp.zeros(n), q
+
+
+def test_diagonal_matrix_known_spectrum(x64):
+    values = np.linspace(-2.0, 5.0, 40)
+    a = jnp.diag(jnp.asarray(values))
+    eig = hessian_top_k(lambda z: 0.5 * z @ a @ z, jnp.zeros(40), 4, num_matvecs=40)
+    np.testing.assert_allclose(eig.eigenvalues, values[::-1][:4], rtol=1e-12)
+    np.testing.assert_allclose(np.abs(eig.eigenvectors), np.eye(40)[::-1][:4], atol=1e-10)
+    low = hessian_top_k(
+        lambda z: 0.5 * z @ a @ z, jnp.zeros(40), 3, num_matvecs=40, which="smallest"
+    )
+    np.testing.assert_allclose(low.eigenvalues, [values[2], values[1], values[0]], rtol=1e-12)
+    assert np.max(eig.residuals) < 1e-12 and np.max(low.residuals) < 1e-12
+
+
+def test_random_orthogonal_with_repeated_and_clustered_eigenvalues(x64):
+    # Top eigenvalue of multiplicity 2, then a tight cluster, then a bulk.
+    spectrum = np.concatenate([[10.0, 10.0], [7.0, 7.0 + 1e-7, 7.0 - 1e-7], np.linspace(-1, 3, 45)])
+    loss, x, q = _quadratic(spectrum, seed=1)
+    eig = hessian_top_k(loss, x, 5, num_matvecs=50, key=jax.random.key(3))
+    expected = np.sort(spectrum)[::-1][:5]
+    np.testing.assert_allclose(eig.eigenvalues, expected, rtol=1e-10)
+    assert np.max(eig.residuals) < 1e-9
+    # Eigenvectors are only defined up to rotations inside each repeated/clustered group:
+    # compare the projectors onto the subspaces.
+    for rows, cols in [((0, 1), (0, 1)), ((2, 3, 4), (2, 3, 4))]:
+        order = np.argsort(spectrum)[::-1]
+        exact = q[:, order[list(cols)]]
+        found = np.asarray(eig.eigenvectors)[list(rows)].T
+        np.testing.assert_allclose(found @ found.T, exact @ exact.T, atol=1e-6)
+
+
+def test_separated_eigenvectors_match(x64):
+    spectrum = np.concatenate([[9.0, 6.0, 4.0], np.linspace(-1.0, 2.0, 57)])
+    loss, x, q = _quadratic(spectrum, seed=2)
+    eig = hessian_top_k(loss, x, 3, num_matvecs=40)
+    np.testing.assert_allclose(eig.eigenvalues, [9.0, 6.0, 4.0], rtol=1e-12)
+    cos = np.abs(np.sum(np.asarray(eig.eigenvectors) * q[:, :3].T, axis=1))
+    assert np.all(cos > 1 - 1e-10)
+
+
+def test_mlp_states_match_dense_eigh(x64):
+    loss, states = spiral_problem(100, jnp.float64)
+    top_k = jax.jit(lambda p: hessian_top_k(loss, p, 3))
+    for params in states:
+        exact = hessian_eigh(loss, params)
+        eig = top_k(params)
+        ref = np.asarray(exact.eigenvalues[:3])
+        assert np.max(np.abs(eig.eigenvalues - ref) / np.abs(ref)) <= 1e-10
+        gaps = np.abs(np.diff(np.asarray(exact.eigenvalues[:4])))
+        separated = np.minimum(np.r_[np.inf, gaps[:2]], gaps) > 1e-3 * np.abs(ref)
+        cos = np.abs(np.sum(np.asarray(eig.eigenvectors * exact.eigenvectors[:3]), axis=1))
+        assert np.all(cos[separated] >= 1 - 1e-8)
+        assert np.max(eig.residuals / np.abs(eig.eigenvalues)) < 1e-10
+        tree = unravel_eigenvectors(eig.eigenvectors, params)
+        assert tree["w1"].shape == (3, 2, 100)
+
+
+def test_width_1000_is_matrix_free_with_small_residuals():
+    loss, (params,) = spiral_problem(1000, jnp.float32, steps=(20,))
+    eig = jax.jit(lambda p: hessian_top_k(loss, p, 3, num_matvecs=40))(params)
+    assert eig.eigenvectors.shape == (3, 6003)
+    assert np.all(np.diff(eig.eigenvalues) <= 0)
+    assert np.max(eig.residuals / np.abs(eig.eigenvalues)) < 1e-3
+
+
+def test_v0_pytree_and_flat_agree(x64):
+    loss, x, _ = _quadratic(np.linspace(1.0, 3.0, 10))
+    v0 = jnp.ones(10)
+    a = hessian_top_k(loss, x, 2, num_matvecs=10, v0=v0)
+    b = hessian_top_k(loss, {"z": x}["z"], 2, num_matvecs=10, v0={"z": v0}["z"])
+    np.testing.assert_allclose(a.eigenvalues, b.eigenvalues)
+    with pytest.raises(ValueError, match=r"v0 must be a flat vector of shape \(10,\)"):
+        hessian_top_k(loss, x, 2, v0=jnp.ones(4))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"k": 0}, r"k must be an integer with 1 <= k <= P = 6.*got 0"),
+        ({"k": 7}, r"k must be an integer with 1 <= k <= P = 6.*got 7"),
+        ({"k": 3, "num_matvecs": 2}, r"num_matvecs must satisfy k <= num_matvecs <= P"),
+        ({"k": 3, "num_matvecs": 7}, r"3 <= num_matvecs <= 6 \(got 7\)"),
+        ({"k": 1, "which": "middle"}, r"which must be 'largest' .* or 'smallest'.*'middle'"),
+        ({"k": 1, "reortho": "partial"}, r"reortho must be 'full' .* or 'none'.*'partial'"),
+    ],
+)
+def test_bad_inputs_are_rejected_with_messages(kwargs, message):
+    kwargs = dict(kwargs)
+    k = kwargs.pop("k")
+    with pytest.raises(ValueError, match=message):
+        hessian_top_k(lambda z: jnp.sum(z**2), jnp.zeros(6), k, **kwargs)

@@ -1,0 +1,169 @@
+"""Tests of curvature/_ntk_spectrum.py: exact and matrix-free NTK spectra, stability factors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from curvature import (
+    REGIME_NAMES,
+    empirical_ntk,
+    ntk_matrix,
+    ntk_spectrum,
+    ntk_top_k,
+    stability_factors,
+    top_k_eigh,
+)
+
+
+def mlp(key, width=12, classes=3):
+    """One-hidden-layer ReLU MLP, standard parameterisation, trainable biases."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    params = {
+        "w1": jax.random.normal(k1, (2, width)) / jnp.sqrt(2.0),
+        "b1": 0.1 * jax.random.normal(k2, (width,)),
+        "w2": jax.random.normal(k3, (width, classes)) / jnp.sqrt(width),
+        "b2": jnp.zeros((classes,)),
+    }
+
+    def apply(p, x):
+        return jax.nn.relu(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+
+    return params, apply
+
+
+@pytest.fixture
+def problem(x64):
+    params, apply = mlp(jax.random.PRNGKey(0))
+    x = jax.random.normal(jax.random.PRNGKey(1), (10, 2))  # N*C = 30 < P = 75
+    return params, apply, x
+
+
+def test_ntk_spectrum_is_eigh_of_the_matrix(problem):
+    params, apply, x = problem
+    kernel = empirical_ntk(apply, params, x)
+    matrix = ntk_matrix(kernel)
+    spectrum = ntk_spectrum(kernel, eigenvectors=True)
+    assert spectrum.eigenvalues.shape == (30,)
+    assert spectrum.eigenvectors.shape == (30, 30)
+    assert bool(jnp.all(jnp.diff(spectrum.eigenvalues) <= 0))
+    np.testing.assert_allclose(
+        spectrum.eigenvalues, np.linalg.eigvalsh(np.asarray(matrix))[::-1], rtol=1e-10, atol=1e-12
+    )
+    residual = matrix @ spectrum.eigenvectors.T - spectrum.eigenvectors.T * spectrum.eigenvalues
+    assert float(jnp.max(jnp.abs(residual))) <= 1e-10 * float(spectrum.eigenvalues[0])
+    # 2-D input (the matrix itself, or a traced kernel) works too; eigenvectors optional.
+    again = ntk_spectrum(matrix)
+    assert again.eigenvectors is None
+    np.testing.assert_allclose(again.eigenvalues, spectrum.eigenvalues, rtol=1e-12, atol=1e-12)
+    traced = ntk_spectrum(empirical_ntk(apply, params, x, trace_axes=(-1,)))
+    assert traced.eigenvalues.shape == (10,)
+
+
+@pytest.mark.parametrize("method", ["lanczos", "lobpcg"])
+def test_ntk_top_k_agrees_with_ntk_spectrum(problem, method):
+    params, apply, x = problem
+    exact = ntk_spectrum(empirical_ntk(apply, params, x), eigenvectors=True)
+    top = ntk_top_k(apply, params, x, 3, method=method)
+    assert top.eigenvalues.shape == (3,)
+    assert top.eigenvectors.shape == (3, 30)
+    np.testing.assert_allclose(top.eigenvalues, exact.eigenvalues[:3], rtol=1e-9)
+    scale = float(exact.eigenvalues[0])
+    assert float(jnp.max(top.residuals)) <= 1e-6 * scale
+    gaps = -jnp.diff(exact.eigenvalues[:4])
+    for i in range(3):  # eigenvectors only where the eigenvalue is separated from both sides
+        if gaps[i] > 1e-3 * scale and (i == 0 or gaps[i - 1] > 1e-3 * scale):
+            overlap = abs(float(top.eigenvectors[i] @ exact.eigenvectors[i]))
+            assert overlap == pytest.approx(1.0, abs=1e-8)
+
+
+def test_top_k_eigh_on_a_known_spectrum(x64):
+    """The shared Krylov core on a matrix with a prescribed spectrum."""
+    q, _ = jnp.linalg.qr(jax.random.normal(jax.random.PRNGKey(0), (40, 40)))
+    values = jnp.concatenate([jnp.array([10.0, 7.0, 5.0]), jnp.linspace(1.0, 0.0, 37)])
+    matrix = (q * values) @ q.T
+    v0 = jax.random.normal(jax.random.PRNGKey(1), (40,))
+    for method in ("lanczos", "lobpcg"):
+        solve = jax.jit(lambda a, v, m=method: top_k_eigh(lambda u: a @ u, v, 3, method=m))
+        result = solve(matrix, v0)
+        np.testing.assert_allclose(result.eigenvalues, [10.0, 7.0, 5.0], rtol=1e-10)
+        assert float(jnp.max(result.residuals)) <= 1e-8
+
+
+@pytest.mark.parametrize(
+    ("k", "method", "message"),
+    [
+        (0, "lanczos", r"k must be in \[1, 30\] for a kernel of size 30 \(got 0\)"),
+        (31, "lanczos", r"k must be in \[1, 30\] for a kernel of size 30 \(got 31\)"),
+        (6, "lobpcg", r"k must be in \[1, 5\].*LOBPCG needs 5\*k < N\*C"),
+        (2.0, "lanczos", r"k must be a positive integer \(got 2.0\)"),
+        (2, "power", r"method must be one of 'lanczos', 'lobpcg' \(got 'power'\)"),
+    ],
+)
+def test_ntk_top_k_rejects_bad_k_and_method(problem, k, method, message):
+    params, apply, x = problem
+    with pytest.raises(ValueError, match=message):
+        ntk_top_k(apply, params, x, k, method=method)
+
+
+def test_ntk_top_k_rejects_bad_iterations(problem):
+    params, apply, x = problem
+    with pytest.raises(ValueError, match=r"num_iterations must be None or an integer in \[3, 30\]"):
+        ntk_top_k(apply, params, x, 3, num_iterations=2)
+    with pytest.raises(ValueError, match=r"num_iterations must be None or an integer in >= 1"):
+        ntk_top_k(apply, params, x, 3, method="lobpcg", num_iterations=0)
+
+
+def test_ntk_spectrum_rejects_non_square():
+    with pytest.raises(ValueError, match=r"untraced NTK \(N, N, C, C\) or a square matrix"):
+        ntk_spectrum(jnp.ones((3, 4)))
+
+
+def test_stability_factors_values_and_boundaries():
+    # eta = 1, N = 4: factor = 1 - lambda / 4. Chosen lambdas hit each boundary exactly.
+    eigenvalues = jnp.array([-4.0, 0.0, 2.0, 4.0, 6.0, 8.0, 10.0])
+    result = stability_factors(eigenvalues, 1.0, 4)
+    np.testing.assert_array_equal(result.factors, [2.0, 1.0, 0.5, 0.0, -0.5, -1.0, -1.5])
+    names = [REGIME_NAMES[int(r)] for r in result.regime]
+    assert names == [
+        "growing",
+        "smooth",
+        "smooth",
+        "smooth",
+        "oscillating",
+        "marginal",
+        "divergent",
+    ]
+    assert result.regime.dtype == jnp.int32
+
+
+def test_stability_factors_use_num_samples_not_matrix_size():
+    # The spiral: N = 300 samples, 900x900 kernel; eta = 1 puts the edge at lambda = 600.
+    result = stability_factors(jnp.array([599.0, 600.0, 601.0]), 1.0, 300)
+    assert [REGIME_NAMES[int(r)] for r in result.regime] == [
+        "oscillating",
+        "marginal",
+        "divergent",
+    ]
+
+
+def test_stability_factors_accept_traced_learning_rates():
+    rates = jnp.array([0.5, 1.0, 2.0])
+    factors = jax.jit(jax.vmap(lambda eta: stability_factors(jnp.array([2.0]), eta, 2).factors))
+    np.testing.assert_allclose(factors(rates)[:, 0], [0.5, 0.0, -1.0])
+
+
+@pytest.mark.parametrize(
+    ("learning_rate", "num_samples", "message"),
+    [
+        (0.0, 10, r"learning_rate must be > 0 \(got 0.0\)"),
+        (-1.0, 10, r"learning_rate must be > 0 \(got -1.0\)"),
+        (np.array([1.0, -2.0]), 10, r"learning_rate must be > 0"),
+        (1.0, 0, r"num_samples must be a positive integer.*\(got 0\)"),
+        (1.0, -3, r"num_samples must be a positive integer.*\(got -3\)"),
+        (1.0, 300.0, r"num_samples must be a positive integer.*not N\*C\) \(got 300.0\)"),
+    ],
+)
+def test_stability_factors_reject_bad_inputs(learning_rate, num_samples, message):
+    with pytest.raises(ValueError, match=message):
+        stability_factors(jnp.ones(3), learning_rate, num_samples)

@@ -1,0 +1,41 @@
+"""Gradient split along eigenvectors: components and remainder in quadrature."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from curvature import gradient_projection, hessian_top_k
+
+
+def test_components_sum_in_quadrature(x64):
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.standard_normal((12, 12)))
+    a = a + a.T
+    x = jnp.asarray(rng.standard_normal(12))
+    loss = lambda z: 0.5 * z @ a @ z + jnp.sum(jnp.cos(z))  # noqa: E731
+    eig = hessian_top_k(loss, x, 3, num_matvecs=12)
+    proj = gradient_projection(loss, x, eig.eigenvectors)
+    g = jax.grad(loss)(x)
+    np.testing.assert_allclose(proj.grad_norm, jnp.linalg.norm(g), rtol=1e-14)
+    np.testing.assert_allclose(proj.components, eig.eigenvectors @ g, rtol=1e-12)
+    np.testing.assert_allclose(
+        np.sum(proj.components**2) + (proj.perpendicular * proj.grad_norm) ** 2,
+        proj.grad_norm**2,
+        rtol=1e-12,
+    )
+    np.testing.assert_allclose(np.sum(proj.normalized**2) + proj.perpendicular**2, 1.0, rtol=1e-12)
+
+
+def test_gradient_inside_span_has_no_perpendicular_part(x64):
+    params = {"u": jnp.asarray([1.0, 2.0]), "v": jnp.asarray([3.0])}
+    loss = lambda p: jnp.sum(p["u"] ** 2)  # noqa: E731  gradient (2, 4, 0)
+    basis = jnp.eye(3)[:2]
+    proj = gradient_projection(loss, params, basis)
+    np.testing.assert_allclose(proj.components, [2.0, 4.0])
+    assert float(proj.perpendicular) < 1e-15
+
+
+def test_wrong_eigenvector_shape_message():
+    with pytest.raises(ValueError, match=r"shape \(k, P\) with P = 3.*got shape \(2, 4\)"):
+        gradient_projection(lambda z: jnp.sum(z**2), jnp.zeros(3), jnp.zeros((2, 4)))

@@ -1,0 +1,66 @@
+"""Landscape sections: grid values, centre, and the projected trajectory."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from curvature import landscape_section
+
+
+def test_quadratic_section_and_centre(x64):
+    a = jnp.diag(jnp.asarray([3.0, 1.0, 0.5]))
+    centre = {"x": jnp.asarray([0.1, -0.2, 0.3])}
+    loss = lambda p: 0.5 * p["x"] @ a @ p["x"]  # noqa: E731
+    sec = landscape_section(
+        loss,
+        centre,
+        jnp.asarray([2.0, 0, 0]),
+        jnp.asarray([1.0, 1.0, 0]),
+        extent=1.0,
+        num_points=5,
+        chunk_size=7,
+    )
+    s = sec.surface
+    assert s.dims == ("a", "b") and s.shape == (5, 5) and sec.path is None
+    assert float(s.sel(a=0.0, b=0.0)) == pytest.approx(float(loss(centre)), rel=1e-14)
+    # u1 = e1, u2 = e2 after orthonormalisation.
+    x = np.asarray(centre["x"]) + np.array([1.0, -0.5, 0.0])
+    assert float(s.sel(a=1.0, b=-0.5)) == pytest.approx(0.5 * x @ np.asarray(a) @ x, rel=1e-12)
+
+
+def test_trajectory_projection(x64):
+    loss = lambda z: jnp.sum(z**2)  # noqa: E731
+    centre = jnp.zeros(3)
+    traj = jnp.asarray([[1.0, 2.0, 0.0], [0.0, 0.0, 5.0], [3.0, -1.0, 2.0]])
+    sec = landscape_section(
+        loss,
+        centre,
+        jnp.asarray([1.0, 0, 0]),
+        jnp.asarray([0, 2.0, 0]),
+        extent=(1.0, 2.0),
+        num_points=(3, 5),
+        trajectory=traj,
+        steps=[10, 20, 30],
+    )
+    assert sec.surface.shape == (3, 5)
+    np.testing.assert_allclose(sec.path["a"], [1.0, 0.0, 3.0])
+    np.testing.assert_allclose(sec.path["b"], [2.0, 0.0, -1.0])
+    np.testing.assert_allclose(sec.path["distance"], [0.0, 5.0, 2.0])
+    assert list(sec.path["step"].values) == [10, 20, 30]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"v2": jnp.asarray([2.0, 0, 0])}, "linearly independent"),
+        ({"v1": jnp.ones(2)}, r"v1 must be a flat vector of shape \(3,\)"),
+        ({"extent": 0.0}, r"extent must be > 0"),
+        ({"num_points": 0}, r"num_points must be a positive integer"),
+        ({"trajectory": jnp.zeros((2, 4))}, r"trajectory must have shape \(S, P\) with P = 3"),
+        ({"trajectory": jnp.zeros((2, 3)), "steps": [1]}, r"steps must have shape \(2,\)"),
+    ],
+)
+def test_bad_inputs_are_rejected(kwargs, message):
+    options = {"v1": jnp.asarray([1.0, 0, 0]), "v2": jnp.asarray([0, 1.0, 0]), **kwargs}
+    with pytest.raises(ValueError, match=message):
+        landscape_section(lambda z: jnp.sum(z**2), jnp.zeros(3), **options)

@@ -1,0 +1,155 @@
+"""Warm-started top-k tracking inside a scan, against eigh of the dense Hessian."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+from test_lanczos import spiral_problem
+
+from curvature import hessian_eigh, hessian_tracker
+
+
+def _track(tracker, loss, params, steps):
+    opt = optax.sgd(1.0)
+    _, unravel = ravel_pytree(params)
+
+    @jax.jit
+    def run(params, state):
+        def body(carry, _):
+            p, s, ts = carry
+            eig, ts = tracker.update(loss, p, ts)
+            u, s = opt.update(jax.grad(loss)(p), s, p)
+            out = (ravel_pytree(p)[0], eig, ts.restarted, ts.iterations)
+            return (optax.apply_updates(p, u), s, ts), out
+
+        return jax.lax.scan(body, (params, opt.init(params), state), None, length=steps)
+
+    state = tracker.init(params, jax.random.key(7))
+    (_, _, final), out = run(params, state)
+    return unravel, final, out
+
+
+def test_tracker_matches_dense_eigh_along_gd(x64):
+    method, num_iterations = "block", 10
+    loss, (params,) = spiral_problem(100, jnp.float64, steps=(200,))
+    tracker = hessian_tracker(
+        3, method=method, num_iterations=num_iterations, tol=1e-9, restart_tol=1e-7
+    )
+    unravel, final, (flats, eig, restarted, _) = _track(tracker, loss, params, 25)
+    assert bool(restarted[0]) and int(final.count) == 25
+    # Warm starts carried most steps.
+    assert int(final.num_restarts) == int(np.sum(restarted)) < 10
+    for step in (8, 24):
+        exact = hessian_eigh(loss, unravel(flats[step]))
+        ref = np.asarray(exact.eigenvalues[:3])
+        assert np.max(np.abs(eig.eigenvalues[step] - ref) / np.abs(ref)) <= 1e-10
+        assert np.max(eig.residuals[step] / np.abs(eig.eigenvalues[step])) <= 1e-7
+        gaps = np.abs(np.diff(np.asarray(exact.eigenvalues[:4])))
+        separated = np.minimum(np.r_[np.inf, gaps[:2]], gaps) > 1e-3 * np.abs(ref)
+        cos = np.abs(np.sum(np.asarray(eig.eigenvectors[step] * exact.eigenvectors[:3]), 1))
+        assert np.all(cos[separated] >= 1 - 1e-8)
+
+
+def test_signs_follow_previous_step(x64):
+    loss, (params,) = spiral_problem(100, jnp.float64, steps=(100,))
+    tracker = hessian_tracker(2, num_iterations=10, tol=1e-9)
+    _, _, (_, eig, _, _) = _track(tracker, loss, params, 8)
+    overlaps = np.sum(np.asarray(eig.eigenvectors[1:] * eig.eigenvectors[:-1]), axis=2)
+    assert np.all(overlaps > 0.9)
+
+
+def test_failed_warm_start_restarts_cold(x64):
+    # No expansions and a tolerance below rounding: every update after the first restarts,
+    # and the cold result is still exact.
+    spectrum = np.concatenate([[5.0, 4.0, 3.0], np.linspace(-1.0, 1.0, 27)])
+    q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((30, 30)))
+    a = jnp.asarray((q * spectrum) @ q.T)
+    loss = lambda z: 0.5 * z @ a @ z  # noqa: E731
+    tracker = hessian_tracker(3, num_iterations=0, tol=1e-30, restart_tol=1e-30)
+    state = tracker.init(jnp.zeros(30), jax.random.key(0))
+    update = jax.jit(tracker.update, static_argnums=0)
+    for _ in range(3):
+        eig, state = update(loss, jnp.zeros(30), state)
+        assert bool(state.restarted)
+        np.testing.assert_allclose(eig.eigenvalues, [5.0, 4.0, 3.0], rtol=1e-12)
+    assert int(state.num_restarts) == 3
+
+
+@pytest.mark.parametrize(
+    ("method", "num_iterations"), [("block", 4), ("jax_lobpcg", 30), ("lanczos", 20)]
+)
+def test_warm_start_on_fixed_matrix_does_not_restart(x64, method, num_iterations):
+    spectrum = np.concatenate([[5.0, 4.0, 3.0], np.linspace(-1.0, 1.0, 27)])
+    q, _ = np.linalg.qr(np.random.default_rng(1).standard_normal((30, 30)))
+    a = jnp.asarray((q * spectrum) @ q.T)
+    loss = lambda z: 0.5 * z @ a @ z  # noqa: E731
+    tracker = hessian_tracker(3, method=method, num_iterations=num_iterations, tol=1e-10)
+    state = tracker.init(jnp.zeros(30), jax.random.key(0))
+    update = jax.jit(tracker.update, static_argnums=0)
+    eig, state = update(loss, jnp.zeros(30), state)
+    assert bool(state.restarted)
+    # A slightly different start point of the warm path: perturb the stored vectors.
+    state = state._replace(eigenvectors=state.eigenvectors + 1e-3 * jnp.ones((3, 30)))
+    eig, state = update(loss, jnp.zeros(30), state)
+    assert not bool(state.restarted)
+    np.testing.assert_allclose(eig.eigenvalues, [5.0, 4.0, 3.0], rtol=1e-12)
+    cos = np.abs(np.sum(np.asarray(eig.eigenvectors) * q[:, :3].T, axis=1))
+    assert np.all(cos > 1 - 1e-10)
+
+
+def test_smallest_eigenvalues_tracked(x64):
+    spectrum = np.concatenate([[-6.0, -5.0, -4.0], np.linspace(-1.0, 8.0, 37)])
+    loss, x = None, jnp.zeros(40)
+    q, _ = np.linalg.qr(np.random.default_rng(2).standard_normal((40, 40)))
+    a = jnp.asarray((q * spectrum) @ q.T)
+    loss = lambda z: 0.5 * z @ a @ z  # noqa: E731
+    tracker = hessian_tracker(3, which="smallest", num_iterations=20, tol=1e-10)
+    state = tracker.init(x, jax.random.key(0))
+    update = jax.jit(tracker.update, static_argnums=0)
+    for _ in range(2):
+        eig, state = update(loss, x, state)
+        np.testing.assert_allclose(eig.eigenvalues, [-4.0, -5.0, -6.0], rtol=1e-10)
+    assert not bool(state.restarted)
+
+
+def test_exact_reference_dense_eigh_smoke(x64):
+    # The reference used above: dense eigh of the Hessian of a quadratic is exact.
+    a = jnp.diag(jnp.arange(1.0, 6.0))
+    np.testing.assert_allclose(
+        hessian_eigh(lambda z: 0.5 * z @ a @ z, jnp.zeros(5))[0], [5, 4, 3, 2, 1], rtol=1e-14
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"k": 0}, r"k must be a positive integer \(got 0\)"),
+        ({"k": 2, "method": "power"}, r"method must be one of 'block', 'jax_lobpcg', 'lanczos'"),
+        ({"k": 2, "which": "top"}, r"which must be 'largest'"),
+        ({"k": 2, "num_iterations": -1}, r"num_iterations must be an integer >= 0"),
+        ({"k": 2, "method": "lanczos", "num_iterations": 1}, r"integer >= 2 for method"),
+        ({"k": 2, "tol": 0.0}, r"tol must be > 0 \(got 0.0\)"),
+        ({"k": 2, "tol": 1e-3, "restart_tol": 1e-4}, r"restart_tol must be >= tol"),
+    ],
+)
+def test_bad_tracker_options_are_rejected(kwargs, message):
+    kwargs = dict(kwargs)
+    with pytest.raises(ValueError, match=message):
+        hessian_tracker(kwargs.pop("k"), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"k": 7}, r"k must be an integer with 1 <= k <= P = 6"),
+        ({"k": 2, "method": "jax_lobpcg"}, r"needs 5 \* k < P \(got k = 2, P = 6\)"),
+        ({"k": 2, "num_matvecs": 1}, r"num_matvecs must satisfy k <= num_matvecs <= P"),
+    ],
+)
+def test_bad_sizes_are_rejected_at_init(kwargs, message):
+    kwargs = dict(kwargs)
+    tracker = hessian_tracker(kwargs.pop("k"), **kwargs)
+    with pytest.raises(ValueError, match=message):
+        tracker.init(jnp.zeros(6), jax.random.key(0))
