@@ -22,14 +22,16 @@ DEMO_CONFIG = TrainConfig(
     hidden_widths=(100,),
     loss="dce",
     amplitude=70.0,
-    period=5000.0,
-    steps=70_000,
-    stop_after=65_000,
+    period=2000.0,
+    steps=28_000,
+    stop_after=26_000,
     checkpoint_every=1000,
     eval_every=100,
-    chunk_steps=5000,
+    chunk_steps=2000,
+    hessian_top_k=3,
 )
-"""The 2021 paper's Fig. 4 run: width 100, DCE, A = 70, T = 5000, last period static."""
+"""The 2021 paper's Fig. 4 protocol (width 100, DCE, A = 70, 14 periods, last period static) at
+T = 2000 instead of 5000 so it runs in about a minute, with Hessian λ1..λ3 tracked every step."""
 
 
 def _progress(description: str, total: int) -> tuple[Callable, Callable[[], None]]:
@@ -91,6 +93,10 @@ def _field_parser(field: dataclasses.Field) -> tuple[Callable[[str], object], di
     def convert(text: str) -> object:
         if optional and text.lower() == "none":
             return None
+        if base is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise argparse.ArgumentTypeError(f"expected true or false (got {text!r})")
+            return text.lower() in ("true", "1", "yes")
         return base(text)
 
     convert.__name__ = getattr(base, "__name__", "value")
@@ -186,7 +192,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------- demo
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from analysis._onsets import detect_onsets
     from analysis._plots import plot_run
+    from analysis._threshold import threshold
+    from analysis._trajectories import ntk_trajectory
 
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -201,14 +210,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"(lr {config.learning_rate:g}); oscillations stop at step {config.stop_after}"
     )
     ds = _run_training(config, overwrite=True, quiet=args.quiet)
-    fig = plot_run(ds)
-    figure_path = out_dir / "demo.png"
-    fig.savefig(figure_path, dpi=110)
+    ntk = ntk_trajectory(run_path, k=1, append=True, progress=not args.quiet)
+    ds = open_run(run_path)  # with the NTK sibling merged
+    onsets = detect_onsets(ds)
     print(
         f"final train accuracy {_last_finite(ds['train_accuracy'].values):.3f}, "
-        f"val accuracy {_last_finite(ds['val_accuracy'].values):.3f}"
+        f"val accuracy {_last_finite(ds['val_accuracy'].values):.3f}; NTK λ_max at the end "
+        f"{float(ntk['ntk_eigenvalues'].values[-1, 0]):.4g}"
     )
+    print(f"{onsets.sizes['onset']} instabilities detected (alternation of ΔF):")
+    if onsets.sizes["onset"]:
+        print(_onset_table(onsets))
+        th = threshold(onsets)
+        eta = config.learning_rate
+        print(
+            f"threshold λ_th = {th.mean:.4g} ± {th.std:.2g} (mean λ1 at the {th.count} onsets); "
+            f"edge of stability 2/η = {2 / eta:.4g}"
+        )
+    fig = plot_run(ds, onsets=onsets)
+    figure_path = out_dir / "demo.png"
+    fig.savefig(figure_path, dpi=110)
     print(f"wrote {run_path}")
+    print(f"wrote {run_path.with_name('demo.ntk.nc')}")
     print(f"wrote {figure_path}")
     return 0
 
@@ -276,6 +299,265 @@ def _cmd_map(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------- hessian / ntk
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(h).rjust(w) for h, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def _eigen_table(result, variable: str, index_dim: str, limit: int = 12) -> str:
+    values = result[variable]
+    steps = result["step"].values
+    header = ["step", *[f"λ{i}" for i in values[index_dim].values]]
+    shown = np.unique(np.linspace(0, len(steps) - 1, min(limit, len(steps))).astype(int))
+    rows = [[str(steps[i]), *[f"{v:.5g}" for v in values.values[i]]] for i in shown]
+    return _table(rows, header)
+
+
+def _cmd_hessian(args: argparse.Namespace) -> int:
+    from analysis._trajectories import hessian_trajectory
+    from training import sibling_path
+
+    ds = open_run(args.run)
+    steps = parse_steps(args.steps, ds["checkpoint_step"].values)
+    result = hessian_trajectory(
+        args.run,
+        steps=steps,
+        k=args.k,
+        projection=not args.no_projection,
+        density=args.density,
+        append=True,
+        progress=not args.quiet,
+    )
+    print(_eigen_table(result, "hessian_eigenvalues", "eigen_index"))
+    worst = float(np.nanmax(result["hessian_residuals"].values))
+    print(f"largest residual ||Hv - λv||: {worst:.3g}")
+    print(f"wrote {sibling_path(args.run, 'hessian')}")
+    return 0
+
+
+def _cmd_ntk(args: argparse.Namespace) -> int:
+    from analysis._trajectories import ntk_trajectory
+    from training import sibling_path
+
+    ds = open_run(args.run)
+    steps = parse_steps(args.steps, ds["checkpoint_step"].values)
+    result = ntk_trajectory(
+        args.run,
+        steps=steps,
+        k=args.k,
+        full=args.full,
+        eigenvectors=args.eigenvectors,
+        subset=args.subset,
+        append=True,
+        progress=not args.quiet,
+    )
+    if args.full:
+        shown = result[["ntk_spectrum"]].isel(ntk_mode=slice(0, args.k))
+        print(_eigen_table(shown, "ntk_spectrum", "ntk_mode"))
+        factors = result["ntk_stability_factors"].values
+        print(
+            f"modes with factor 1 - ηλ/N below -1 (divergent) at the last step: "
+            f"{int(np.sum(factors[-1] < -1))} of {factors.shape[-1]}"
+        )
+    else:
+        print(_eigen_table(result, "ntk_eigenvalues", "ntk_eigen_index"))
+    print(f"wrote {sibling_path(args.run, 'ntk')}")
+    return 0
+
+
+# ---------------------------------------------------------------------- detect / fit / plot
+def _detect_options(args: argparse.Namespace) -> dict:
+    options = {"method": args.method}
+    for name in ("window", "tolerance", "variable"):
+        value = getattr(args, name, None)
+        if value is not None:
+            options[name] = value
+    return options
+
+
+def _onset_table(onsets) -> str:
+    rows = []
+    has_lambda = "eigen_index" in onsets["lambda_at_onset"].dims
+    for i in range(onsets.sizes["onset"]):
+        lam = onsets["lambda_at_onset"].isel(onset=i)
+        lam1 = float(lam.isel(eigen_index=0)) if has_lambda else float(lam)
+        rows.append(
+            [
+                str(i),
+                str(int(onsets["onset_step"][i])),
+                str(int(onsets["end_step"][i])),
+                str(int(onsets["period_index"][i])),
+                f"{lam1:.4g}",
+                str(int(onsets["branches"][i])),
+            ]
+        )
+    return _table(rows, ["onset", "onset_step", "end_step", "period", "λ1 at onset", "branches"])
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    from analysis._onsets import detect_onsets
+    from analysis._threshold import threshold
+    from training import write_sibling
+
+    ds = open_run(args.run)
+    onsets = detect_onsets(ds, **_detect_options(args))
+    print(f"{onsets.sizes['onset']} instabilities detected ({args.method})")
+    if onsets.sizes["onset"]:
+        print(_onset_table(onsets))
+    if "hessian_eigenvalues" in ds and onsets.sizes["onset"]:
+        th = threshold(onsets)
+        eta = float(TrainConfig.from_json(ds.attrs["config"]).learning_rate)
+        print(
+            f"threshold λ_th = {th.mean:.4g} ± {th.std:.2g} (n = {th.count}); "
+            f"2/η = {2 / eta:.4g}; λ_th·η/2 = {th.mean * eta / 2:.3f}"
+        )
+    path = write_sibling(args.run, f"onsets-{args.method}", onsets)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    import json
+
+    from analysis._plots import plot_threshold_scaling
+    from analysis._scaling import collect_thresholds, fit_threshold_scaling
+
+    runs = [open_run(path) for path in args.runs]
+    options = _detect_options(args)
+    method = options.pop("method")
+    points = collect_thresholds(runs, method=method, **options)
+    fit = fit_threshold_scaling(
+        points.learning_rates,
+        points.thresholds,
+        groups=points.groups,
+        optimizer=points.optimizer,
+        momentum=points.momentum,
+        num_bootstrap=args.bootstrap,
+    )
+    print(
+        _table(
+            [
+                [
+                    f"{fit.exponent:.3f}",
+                    f"[{fit.ci_low:.3f}, {fit.ci_high:.3f}]",
+                    f"{fit.prefactor:.4g}",
+                    f"{fit.r2:.3f}",
+                    f"{fit.eos_ratio:.3f}",
+                    str(len(points.thresholds)),
+                    str(len(args.runs)),
+                ]
+            ],
+            ["exponent α", "95% CI", "prefactor c", "R²", "λ_th/limit", "points", "runs"],
+        )
+    )
+    print(
+        "fit: λ_th = c·η^α (bootstrap over runs); λ_th/limit is the median ratio to the "
+        "optimizer's stability limit (2/η for gd)"
+    )
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        **{k: float(v) for k, v in fit._asdict().items()},
+        "method": method,
+        "runs": [str(p) for p in args.runs],
+        "learning_rates": np.asarray(points.learning_rates).tolist(),
+        "thresholds": np.asarray(points.thresholds).tolist(),
+    }
+    out.write_text(json.dumps(record, indent=2))
+    print(f"wrote {out}")
+    if args.figure:
+        fig = plot_threshold_scaling(
+            points.learning_rates,
+            points.thresholds,
+            fit,
+            optimizer=points.optimizer,
+            momentum=points.momentum,
+            groups=points.groups,
+        )
+        fig.savefig(args.figure, dpi=110)
+        print(f"wrote {args.figure}")
+    return 0
+
+
+PLOT_KINDS = ("run", "threshold", "density", "projection", "section")
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from analysis import _plots
+    from analysis._onsets import detect_onsets
+
+    if args.kind != "threshold" and len(args.runs) != 1:
+        raise ValueError(f"plot {args.kind} takes one run file (got {len(args.runs)}).")
+    output = Path(args.output or f"{Path(args.runs[0]).with_suffix('')}.{args.kind}.png")
+    if args.kind == "threshold":
+        return _cmd_fit(
+            argparse.Namespace(
+                **{**vars(args), "figure": str(output), "output": str(output.with_suffix(".json"))}
+            )
+        )
+    ds = open_run(args.runs[0])
+    if args.kind == "run":
+        onsets = detect_onsets(ds, **_detect_options(args))
+        zoom = tuple(args.zoom) if args.zoom else None
+        fig = _plots.plot_run(ds, onsets=onsets, zoom=zoom)
+    elif args.kind == "projection":
+        if "grad_projection" not in ds:
+            raise ValueError(
+                "this run has no grad_projection: train with --hessian-top-k 3 --projection "
+                "true, or run `dynloss hessian RUN.nc` first."
+            )
+        fig = _plots.plot_gradient_projection(ds)
+    elif args.kind == "density":
+        from analysis._trajectories import hessian_trajectory
+
+        step = _one_step(args, ds)
+        dens = hessian_trajectory(ds, steps=[step], k=1, projection=False, density=True)
+        eta = float(TrainConfig.from_json(ds.attrs["config"]).learning_rate)
+        fig = _plots.plot_spectral_density(
+            dens["hessian_density_grid"].values[0],
+            dens["hessian_density"].values[0],
+            learning_rate=eta,
+            label=f"step {step}",
+        )
+    else:
+        from analysis._trajectories import checkpoint_section
+
+        step = _one_step(args, ds)
+        section = checkpoint_section(ds, step, extent=args.extent, window=args.near)
+        fig = _plots.plot_landscape_section(section.surface, section.path)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=110)
+    print(f"wrote {output}")
+    return 0
+
+
+def _one_step(args: argparse.Namespace, ds) -> int:
+    saved = ds["checkpoint_step"].values
+    if args.step is None:
+        return int(saved[len(saved) // 2])
+    return int(args.step)
+
+
+def _add_detect_options(parser: argparse.ArgumentParser) -> None:
+    from analysis._onsets import METHODS
+
+    parser.add_argument(
+        "--method",
+        default="alternation",
+        choices=METHODS,
+        help="onset detector (default: alternation)",
+    )
+    parser.add_argument("--window", type=int, default=None, help="detector window (steps)")
+    parser.add_argument(
+        "--tolerance", type=float, default=None, help="lambda_jump tolerance (default 0.1)"
+    )
+    parser.add_argument("--variable", default=None, help="series to analyse (default: loss)")
+
+
 # ----------------------------------------------------------------------------------- main
 def _examples(text: str) -> str:
     return "examples:\n" + textwrap.indent(textwrap.dedent(text).strip(), "  ")
@@ -298,8 +580,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="train the 2021 Fig. 4 spiral run and draw it",
-        description="Train the spiral DCE run of the 2021 paper's Fig. 4 (width 100, A=70, "
-        "T=5000, 70,000 steps, last period static) and draw Γ, F, ΔF and accuracy.",
+        description="Train the spiral DCE run of the 2021 paper's Fig. 4 protocol, shortened "
+        "(width 100, A=70, T=2000 instead of 5000, 28,000 steps, last period static) tracking Hessian λ1..λ3 every step, compute "
+        "the NTK λ_max at the checkpoints, detect the bifurcation onsets and the threshold, and "
+        "draw Γ, F, ΔF, accuracy, λ1..λ3 with λ_th and 2/η, and the NTK λ_max.",
         formatter_class=raw,
         epilog=_examples("""
             dynloss demo
@@ -307,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
         """),
     )
     demo.add_argument("--output-dir", default="runs/demo", help="default: runs/demo")
-    demo.add_argument("--steps", type=int, default=None, help="shorter run (default 70000)")
+    demo.add_argument("--steps", type=int, default=None, help="shorter run (default 28000)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(func=_cmd_demo)
 
@@ -349,7 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=raw,
         epilog=_examples("""
             dynloss map runs/demo/demo.nc examples/diagnostics.py:grad_cosine
-            dynloss map runs/demo/demo.nc mypackage.diag:margin --steps 0:70000:5000
+            dynloss map runs/demo/demo.nc mypackage.diag:margin --steps 0:28000:2000
             dynloss map runs/a.nc diag.py:per_class_accuracy --steps 0 1000 2000 --name pca
         """),
     )
@@ -365,6 +649,120 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--batch", type=int, default=None, help="checkpoints per vmapped batch")
     mp.add_argument("--quiet", action="store_true", help="no progress bar")
     mp.set_defaults(func=_cmd_map)
+
+    steps_help = "checkpoint steps: integers or start:stop[:stride] (default: all)"
+    hs = sub.add_parser(
+        "hessian",
+        help="top-k Hessian eigenvalues (and density) at saved checkpoints",
+        description="Cold Lanczos top-k of the Hessian of the loss each checkpoint minimised "
+        "(Γ of that step), with residuals and the gradient projection; written to "
+        "RUN.hessian.nc (merged by open_run).",
+        formatter_class=raw,
+        epilog=_examples("""
+            dynloss hessian runs/demo/demo.nc --k 3
+            dynloss hessian runs/demo/demo.nc --steps 8000:16001:1000 --density
+        """),
+    )
+    hs.add_argument("run", help="run file (.nc)")
+    hs.add_argument("--steps", nargs="+", default=None, help=steps_help)
+    hs.add_argument("--k", type=int, default=3, help="number of eigenvalues (default 3)")
+    hs.add_argument("--density", action="store_true", help="also the SLQ spectral density")
+    hs.add_argument("--no-projection", action="store_true", help="skip the gradient projection")
+    hs.add_argument("--quiet", action="store_true", help="no progress bar")
+    hs.set_defaults(func=_cmd_hessian)
+
+    nk = sub.add_parser(
+        "ntk",
+        help="NTK eigenvalues (top-k or full spectrum) at saved checkpoints",
+        description="Eigenvalues of the empirical NTK of the training inputs, an (N·C)×(N·C) "
+        "matrix: matrix-free top-k by default, or the full spectrum with the per-mode "
+        "stability factors 1 − ηλ/N (--full); written to RUN.ntk.nc.",
+        formatter_class=raw,
+        epilog=_examples("""
+            dynloss ntk runs/demo/demo.nc --k 3
+            dynloss ntk runs/demo/demo.nc --steps 30000 40000 --full
+            dynloss ntk runs/big.nc --full --subset 100
+        """),
+    )
+    nk.add_argument("run", help="run file (.nc)")
+    nk.add_argument("--steps", nargs="+", default=None, help=steps_help)
+    nk.add_argument("--k", type=int, default=3, help="number of eigenvalues (default 3)")
+    nk.add_argument("--full", action="store_true", help="form and diagonalise the whole kernel")
+    nk.add_argument("--eigenvectors", action="store_true", help="with --full, store eigenvectors")
+    nk.add_argument(
+        "--subset",
+        type=int,
+        default=None,
+        help="use N training samples evenly spaced through the training set",
+    )
+    nk.add_argument("--quiet", action="store_true", help="no progress bar")
+    nk.set_defaults(func=_cmd_ntk)
+
+    dt = sub.add_parser(
+        "detect",
+        help="detect bifurcation onsets and the curvature threshold",
+        description="Detect the instabilities (period-doubling cascades) of a run, print onset "
+        "and end steps, period, λ1 at onset and branch count, and the threshold λ_th when "
+        "Hessian eigenvalues are present; written to RUN.onsets-METHOD.nc.",
+        formatter_class=raw,
+        epilog=_examples("""
+            dynloss detect runs/demo/demo.nc
+            dynloss detect runs/demo/demo.nc --method lambda_jump --tolerance 0.1
+            dynloss detect runs/demo/demo.nc --method branches --variable train_accuracy
+        """),
+    )
+    dt.add_argument("run", help="run file (.nc)")
+    _add_detect_options(dt)
+    dt.set_defaults(func=_cmd_detect)
+
+    ft = sub.add_parser(
+        "fit",
+        help="fit the threshold's scaling with the learning rate across runs",
+        description="Detect onsets in every run, take λ_th at each, and fit λ_th = c·η^α in "
+        "log-log space with a bootstrap over runs; prints the fit and writes it as JSON.",
+        formatter_class=raw,
+        epilog=_examples("""
+            dynloss fit runs/lr/*.nc
+            dynloss fit runs/lr/*.nc --method lambda_jump --output fit.json --figure fit.png
+        """),
+    )
+    ft.add_argument("runs", nargs="+", help="run files (.nc) at several learning rates")
+    _add_detect_options(ft)
+    ft.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    ft.add_argument("--output", default="threshold_fit.json", help="JSON file of the fit")
+    ft.add_argument("--figure", default=None, help="also draw the log-log figure here")
+    ft.set_defaults(func=_cmd_fit)
+
+    pl = sub.add_parser(
+        "plot",
+        help="draw a figure: run, threshold, density, projection, section",
+        description="run: the 2021 Fig. 4 panel set with onsets; threshold: λ_th vs η with the "
+        "fit and 2/η (several runs); density: SLQ spectral density at a checkpoint; "
+        "projection: gradient components along the top Hessian eigenvectors; section: the loss "
+        "on the plane of the top-2 Hessian eigenvectors at a checkpoint, with the trajectory.",
+        formatter_class=raw,
+        epilog=_examples("""
+            dynloss plot run runs/demo/demo.nc --zoom 11500 12500
+            dynloss plot threshold runs/lr/*.nc --output threshold.png
+            dynloss plot density runs/demo/demo.nc --step 12000
+            dynloss plot section runs/demo/demo.nc --step 12000 --extent 0.5 --near 2000
+        """),
+    )
+    pl.add_argument("kind", choices=PLOT_KINDS, help="which figure")
+    pl.add_argument("runs", nargs="+", help="run file(s)")
+    pl.add_argument("--output", default=None, help="PNG path (default: RUN.KIND.png)")
+    pl.add_argument("--zoom", nargs=2, type=int, default=None, help="run: zoom on steps A B")
+    pl.add_argument("--step", type=int, default=None, help="density/section: checkpoint step")
+    pl.add_argument("--extent", type=float, default=1.0, help="section: half-width of the plane")
+    pl.add_argument(
+        "--near",
+        type=int,
+        default=None,
+        help="section: project the checkpoints within this many steps",
+    )
+    pl.add_argument("--bootstrap", type=int, default=1000, help="threshold: bootstrap resamples")
+    _add_detect_options(pl)
+    pl.set_defaults(func=_cmd_plot)
     return parser
 
 

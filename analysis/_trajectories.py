@@ -110,6 +110,20 @@ def hessian_trajectory(
     return _finish(run, result, "hessian", append)
 
 
+def _on_subset(metric: Metric, subset: np.ndarray | None) -> Metric:
+    """``metric`` evaluated on the training inputs ``x[subset]`` only."""
+    if subset is None:
+        return metric
+
+    def restrict(ctx: Context) -> Context:
+        return ctx._replace(x=ctx.x[subset], y=ctx.y[subset])
+
+    return metric._replace(
+        init=lambda ctx: metric.init(restrict(ctx)),
+        update=lambda ctx, state: metric.update(restrict(ctx), state),
+    )
+
+
 def _ntk_full_metric(eigenvectors: bool, learning_rate: float, num_samples: int) -> Metric:
     def init(ctx: Context) -> tuple:
         return ()
@@ -152,6 +166,7 @@ def ntk_trajectory(
     k: int = 3,
     full: bool = False,
     eigenvectors: bool = False,
+    subset: int | None = None,
     batch: int | None = None,
     append: bool = False,
     progress: bool = False,
@@ -163,22 +178,35 @@ def ntk_trajectory(
     ``ntk_eigenvalues(step, ntk_eigen_index)``, ``ntk_residuals``. With ``full=True``: the
     whole kernel is formed and diagonalised (:func:`curvature.ntk_spectrum`):
     ``ntk_spectrum(step, ntk_mode)``, ``ntk_stability_factors`` (1 − ηλ_j/N), and with
-    ``eigenvectors=True`` ``ntk_eigenvectors(step, ntk_mode, ntk_row)``.
+    ``eigenvectors=True`` ``ntk_eigenvectors(step, ntk_mode, ntk_row)``. ``subset=n`` uses
+    ``n`` training samples evenly spaced through the (class-sorted) training set, so a kernel
+    too large to form becomes affordable; the stability factors then use ``N = n``.
     """
     if eigenvectors and not full:
         raise ValueError("eigenvectors=True needs full=True (the full kernel's eigenvectors).")
     ds = open_run(run) if isinstance(run, str | Path) else run
     config = config_of(ds)
+    num_samples = config.points_per_class * config.num_classes
+    index = None
+    if subset is not None:
+        if not isinstance(subset, int) or not 1 <= subset <= num_samples:
+            raise ValueError(
+                f"subset must be an integer in [1, {num_samples}] (the training samples) "
+                f"(got {subset!r})."
+            )
+        index = np.round(np.linspace(0, num_samples - 1, subset)).astype(np.int64)
+        num_samples = subset
     if full:
-        num_samples = config.points_per_class * config.num_classes
-        metric = _ntk_full_metric(eigenvectors, config.learning_rate, num_samples)
+        metric = _on_subset(
+            _ntk_full_metric(eigenvectors, config.learning_rate, num_samples), index
+        )
         result = map_checkpoints(
             ds, metric, steps=steps, name="ntk", batch=batch or 1, progress=progress
         )
     else:
         result = map_checkpoints(
             ds,
-            ntk_metric(k, warm=False, **options),
+            _on_subset(ntk_metric(k, warm=False, **options), index),
             steps=steps,
             name="ntk",
             batch=batch,
@@ -186,6 +214,45 @@ def ntk_trajectory(
         )
         result = result.drop_vars("ntk_restarted")
     return _finish(run, result, "ntk", append)
+
+
+def checkpoint_section(
+    run: xr.Dataset | str | Path,
+    step: int,
+    *,
+    extent: float = 1.0,
+    num_points: int = 41,
+    window: int | None = None,
+) -> Any:
+    """The landscape section F(θ + a·v1 + b·v2) at a saved checkpoint (2025 paper, Fig. 3).
+
+    ``v1, v2`` are the top-2 Hessian eigenvectors of the loss at ``step`` (Γ of that step);
+    the saved checkpoints within ``window`` steps of ``step`` (default: all) are projected into
+    the plane. Returns :class:`curvature.Section` ``(surface, path)``.
+    """
+    from jax.flatten_util import ravel_pytree
+
+    from curvature import hessian_top_k, landscape_section
+    from training import restore
+
+    ds = open_run(run) if isinstance(run, str | Path) else run
+    config = config_of(ds)
+    r = restore(ds, step)
+    eig = hessian_top_k(r.loss_fn, r.params, 2, key=jax.random.key(config.seed))
+    saved = np.asarray(ds["checkpoint_step"].values)
+    near = np.ones(saved.shape, bool) if window is None else np.abs(saved - step) <= window
+    trajectory = np.asarray(ds["params"].values)[near]
+    flat, _ = ravel_pytree(r.params)
+    return landscape_section(
+        r.loss_fn,
+        r.params,
+        eig.eigenvectors[0],
+        eig.eigenvectors[1],
+        extent=extent,
+        num_points=num_points,
+        trajectory=jax.numpy.asarray(trajectory, flat.dtype),
+        steps=saved[near],
+    )
 
 
 def _finish(run: Any, result: xr.Dataset, kind: str, append: bool) -> xr.Dataset:

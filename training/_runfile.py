@@ -191,8 +191,11 @@ class RunWriter:
 def open_run(path: str | Path, *, siblings: bool = True) -> xr.Dataset:
     """Open a run file as an ``xarray.Dataset`` (lazily), merging its post-hoc siblings.
 
-    Siblings ``RUN.<kind>.nc`` (written by the analysis commands) are merged with an outer join
-    on ``step``, so a Hessian trajectory computed at a few steps shows up as NaN elsewhere.
+    Siblings ``RUN.<kind>.nc`` that hold per-step results (a ``step`` dimension; written by the
+    analysis commands) are merged with an outer join on ``step``, so a Hessian trajectory
+    computed at a few steps shows up as NaN elsewhere. A sibling variable whose name the run
+    already has (e.g. ``hessian_eigenvalues`` tracked online and again post hoc) is merged as
+    ``<name>_<kind>`` so neither is hidden.
     """
     path = Path(path)
     if not path.is_file():
@@ -212,7 +215,12 @@ def open_run(path: str | Path, *, siblings: bool = True) -> xr.Dataset:
             if sibling == path or sibling.name.endswith(".tmp"):
                 continue
             extra = xr.open_dataset(sibling)
-            ds = xr.merge([ds, extra], join="outer", combine_attrs="override")
+            if STEP not in extra.dims:  # e.g. detected onsets: not per-step records
+                extra.close()
+                continue
+            kind = sibling.name[len(path.stem) + 1 : -len(path.suffix)]
+            clash = {v: f"{v}_{kind}" for v in extra.data_vars if v in ds.data_vars}
+            ds = xr.merge([ds, extra.rename(clash)], join="outer", combine_attrs="override")
     return ds
 
 

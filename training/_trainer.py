@@ -428,7 +428,8 @@ def train(
         :class:`Metric`), evaluated inside the scan every ``config.track_every`` steps and
         recorded like the built-in variables (see ``training._metrics``). Their names are
         listed in the run file's ``metrics`` attribute.
-      overwrite: replace an existing ``config.output`` (refused otherwise, so no data is lost).
+      overwrite: replace an existing ``config.output`` and delete its post-hoc siblings
+        ``RUN.<kind>.nc`` (refused otherwise, so no data is lost).
       progress: optional callback ``progress(steps_done, steps_total, latest_records)``.
     """
     config = TrainConfig() if config is None else config
@@ -441,6 +442,9 @@ def train(
             )
         if out.exists() and out.is_dir():
             raise IsADirectoryError(f"output {str(out)!r} is a directory; give a file path.")
+        if out.exists():  # overwrite: the old run's post-hoc siblings describe the old run
+            for sibling in out.parent.glob(f"{out.stem}.*{out.suffix}"):
+                sibling.unlink()
     named = builtin_metrics(config) + [(name, as_metric(m)) for name, m in (metrics or {}).items()]
     with precision(config.dtype):
         problem = build(config)
