@@ -580,10 +580,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="train the 2021 Fig. 4 spiral run and draw it",
-        description="Train the spiral DCE run of the 2021 paper's Fig. 4 protocol, shortened "
-        "(width 100, A=70, T=2000 instead of 5000, 28,000 steps, last period static), "
-        "tracking Hessian λ1..λ3 every step; compute the NTK λ_max at the checkpoints, detect the bifurcation onsets and the threshold, and "
-        "draw Γ, F, ΔF, accuracy, λ1..λ3 with λ_th and 2/η, and the NTK λ_max.",
+        description="Train the spiral DCE run of the 2021 paper's Fig. 4 protocol, "
+        "shortened (width 100, A=70, T=2000 instead of 5000, 28,000 steps, last period "
+        "static), tracking Hessian λ1..λ3 every step; compute the NTK λ_max at the "
+        "checkpoints, detect the bifurcation onsets and the threshold, and draw Γ, F, ΔF, "
+        "accuracy, λ1..λ3 with λ_th and 2/η, and the NTK λ_max.",
         formatter_class=raw,
         epilog=_examples("""
             dynloss demo
