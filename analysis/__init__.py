@@ -3,6 +3,7 @@ scaling, figures, and the ``dynloss`` command line."""
 
 from analysis._map import DiagnosticError, map_checkpoints
 from analysis._onsets import METHODS, branch_labels, detect_onsets
+from analysis._phase import phase_diagram, plot_phase_diagram, plot_width
 from analysis._plots import (
     plot_gradient_projection,
     plot_landscape_section,
@@ -18,6 +19,7 @@ from analysis._scaling import (
     fit_threshold_scaling_runs,
     stability_limit,
 )
+from analysis._sweep import expand, sweep
 from analysis._threshold import Threshold, threshold
 from analysis._trajectories import hessian_trajectory, ntk_trajectory
 
@@ -30,16 +32,21 @@ __all__ = [
     "branch_labels",
     "collect_thresholds",
     "detect_onsets",
+    "expand",
     "fit_threshold_scaling",
     "fit_threshold_scaling_runs",
     "hessian_trajectory",
     "map_checkpoints",
     "ntk_trajectory",
+    "phase_diagram",
     "plot_gradient_projection",
     "plot_landscape_section",
+    "plot_phase_diagram",
     "plot_run",
     "plot_spectral_density",
     "plot_threshold_scaling",
+    "plot_width",
     "stability_limit",
+    "sweep",
     "threshold",
 ]

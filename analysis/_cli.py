@@ -764,6 +764,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--bootstrap", type=int, default=1000, help="threshold: bootstrap resamples")
     _add_detect_options(pl)
     pl.set_defaults(func=_cmd_plot)
+
+    from analysis._sweep_cli import register
+
+    register(sub)
     return parser
 
 

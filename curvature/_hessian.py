@@ -129,7 +129,7 @@ def hessian_exact(
     symmetrised, ``(H + H^T) / 2``, which removes the rounding asymmetry of the products.
     The default chunk of 1 (a sequential loop) is fastest on CPU: width-1000 spiral MLP in
     float64, 16.5 s with chunks of 1, 19.3 s with 8, 38 s with 64 (2-core CPU, see
-    benchmarks/curvature.py); on a GPU larger chunks pay.
+    benchmarks/hessian.py); on a GPU larger chunks pay.
 
     Args:
         loss_fn: scalar function of the parameters.

@@ -94,7 +94,7 @@ def hessian_tracker(
       update direction (k HVPs each), stopping once every relative residual is below
       ``tol``. The residuals come from the same products, so a step that is already
       converged costs k HVPs. Chosen because it was the cheapest for the accuracy in
-      benchmarks/curvature.py (it needs no extra products for residuals).
+      benchmarks/hessian.py (it needs no extra products for residuals).
     - ``"jax_lobpcg"``: ``jax.experimental.sparse.linalg.lobpcg_standard`` with at most
       ``num_iterations`` iterations, then k HVPs for the residuals. Needs ``5 k < P``.
     - ``"lanczos"``: Lanczos of depth ``num_iterations`` (>= k) started from the sum of the

@@ -80,8 +80,12 @@ def test_demo_writes_run_and_figure(tmp_path, capsys):
     run, figure = tmp_path / "demo.nc", tmp_path / "demo.png"
     assert f"wrote {run}" in printed and f"wrote {figure}" in printed
     assert figure.stat().st_size > 10_000
-    ds = open_run(run)
+    ds = open_run(run, siblings=False)
     assert ds.sizes["step"] == 6000 and np.all(np.isfinite(ds["loss"]))
+    assert np.all(np.isfinite(ds["hessian_eigenvalues"]))
+    merged = open_run(run)  # + the NTK λ_max of every checkpoint, the final one (6000) included
+    assert np.isfinite(merged["ntk_eigenvalues"].sel(step=6000)).all()
+    assert "threshold λ_th" in printed and "instabilities detected" in printed
 
 
 def test_console_script_help():
@@ -124,3 +128,76 @@ def test_map_user_function_from_file(tmp_path, capsys):
     assert np.isnan(ds["loss_again"].sel(step=25))
     assert main(["map", str(run), "no_colon_here"]) == 2
     assert "module:function" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def lr_runs(tmp_path_factory):
+    """Two tracked DCE runs at η = 1 and 2 (T = 1000/η), each with several cascades."""
+    folder = tmp_path_factory.mktemp("lr")
+    paths = []
+    for eta in (1.0, 2.0):
+        path = folder / f"lr{eta:g}.nc"
+        main(
+            [
+                "train",
+                "--hidden-widths",
+                "32",
+                "--amplitude",
+                "40",
+                "--period",
+                str(1000 / eta),
+                "--steps",
+                str(int(5000 / eta)),
+                "--learning-rate",
+                str(eta),
+                "--hessian-top-k",
+                "3",
+                "--projection",
+                "true",
+                "--checkpoint-every",
+                "500",
+                "--quiet",
+                "--output",
+                str(path),
+            ]
+        )
+        paths.append(path)
+    return paths
+
+
+def test_detect_hessian_ntk(lr_runs, capsys):
+    run = lr_runs[0]
+    assert main(["detect", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "instabilities detected (alternation)" in out and "threshold λ_th" in out
+    assert (run.parent / "lr1.onsets-alternation.nc").exists()
+    assert main(["hessian", str(run), "--steps", "0:5000:2500", "--k", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "λ2" in out and f"wrote {run.parent / 'lr1.hessian.nc'}" in out
+    assert main(["ntk", str(run), "--steps", "2500", "--full", "--subset", "50", "--quiet"]) == 0
+    assert "divergent" in capsys.readouterr().out
+    ds = open_run(run)
+    assert "ntk_spectrum" in ds and "hessian_eigenvalues_hessian" in ds
+
+
+def test_fit_and_plots(lr_runs, tmp_path, capsys):
+    fit_json = tmp_path / "fit.json"
+    assert main(["fit", *map(str, lr_runs), "--output", str(fit_json), "--bootstrap", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "exponent α" in out and fit_json.exists()
+    import json
+
+    fit = json.loads(fit_json.read_text())
+    assert -1.3 < fit["exponent"] < -0.7  # λ_th ∝ 1/η: the edge of stability
+    for kind in ("run", "projection", "density", "section"):
+        png = tmp_path / f"{kind}.png"
+        assert main(["plot", kind, str(lr_runs[0]), "--step", "2500", "--output", str(png)]) == 0
+        assert png.stat().st_size > 5000
+    png = tmp_path / "threshold.png"
+    assert (
+        main(["plot", "threshold", *map(str, lr_runs), "--output", str(png), "--bootstrap", "20"])
+        == 0
+    )
+    assert png.stat().st_size > 5000
+    assert main(["plot", "run", *map(str, lr_runs)]) == 2
+    assert "takes one run file" in capsys.readouterr().err

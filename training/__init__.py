@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 
 
+from training._batched import BATCHED_FIELDS, BatchResult, shape_key, train_batch
 from training._config import DATASETS, DTYPES, MODELS, OPTIMIZERS, TrainConfig
 from training._data import Data, spiral
 from training._metrics import Context, Metric, stateless
@@ -28,11 +29,13 @@ from training._trainer import (
 )
 
 __all__ = [
+    "BATCHED_FIELDS",
     "DATASETS",
     "DTYPES",
     "MODELS",
     "OPTIMIZERS",
     "STEP_VARIABLES",
+    "BatchResult",
     "Context",
     "Data",
     "Metric",
@@ -51,10 +54,12 @@ __all__ = [
     "open_run",
     "precision",
     "restore",
+    "shape_key",
     "sibling_path",
     "spiral",
     "stateless",
     "train",
+    "train_batch",
     "unflatten",
     "write_sibling",
 ]

@@ -1,0 +1,487 @@
+"""Sweeps: every combination of a grid of ``TrainConfig`` values, as one tidy ``xarray.Dataset``.
+
+``sweep(base, grid)`` expands the grid (keys are ``TrainConfig`` field names; ``"width"`` is
+shorthand for ``hidden_widths=(w,)``), groups the runs that share a shape (they may differ only
+in ``training._batched.BATCHED_FIELDS``), cuts each group into batches of ``batch_size`` runs and
+trains each batch with ``training._batched.train_batch`` — in this process, or as one
+``dask.distributed`` task per batch on a cluster. The batches are the same on both paths, so the
+two give identical datasets.
+
+Restarting: with ``output`` (or ``run_files``) given, every finished batch is written to
+``OUTPUT.parts/`` (``RUN_FILES/sweep.parts/``); a re-run of the same sweep skips the batches whose
+part file exists and merges everything at the end. The part folder is removed once the merged
+dataset is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shlex
+import shutil
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import xarray as xr
+
+from training import TrainConfig
+from training._batched import (
+    DEFAULT_LANES,
+    FINAL_VARIABLES,
+    SUMMARY_VARIABLES,
+    BatchResult,
+    check_batch,
+    default_summary_every,
+    shape_key,
+    train_batch,
+)
+from training._runfile import STEP_VARIABLES, package_version
+
+SUMMARY_STEP = "summary_step"
+WIDTH = "width"
+SEED = "seed"
+DEFAULT_BATCH_SIZE = 50
+"""Runs per batch (one compiled program, one dask task, one restart unit); see the README."""
+
+SweepProgress = Callable[[int, int], None]
+"""``progress(runs_done, runs_total)``."""
+
+_FINAL_ATTRS = {
+    "final_loss": "loss minimised at the end (dynamical, Γ of step `steps`) of the final params",
+    "final_static_loss": "static training loss of the final parameters",
+    "final_train_accuracy": "training accuracy of the final parameters",
+    "final_val_loss": "static validation loss of the final parameters",
+    "final_val_accuracy": "validation accuracy of the final parameters",
+}
+
+
+class _Batch(NamedTuple):
+    index: int
+    runs: list[int]  # flat indices into the grid
+    configs: list[TrainConfig]
+    run_files: list[str] | None
+    name: str
+
+
+def _values(key: str, values: Any) -> list:
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise ValueError(
+            f"grid[{key!r}] must be a list of values (got {values!r}); write [{values!r}] for "
+            "a single value."
+        )
+    values = list(values)
+    if not values:
+        raise ValueError(f"grid[{key!r}] must hold at least one value (got an empty list).")
+    if len(set(map(repr, values))) != len(values):
+        raise ValueError(f"grid[{key!r}] has repeated values {values}; each value must be unique.")
+    return values
+
+
+def check_grid(base: TrainConfig, grid: Mapping[str, Any]) -> dict[str, list]:
+    """Validate a grid against ``base``; returns ``{key: values}`` in the given key order."""
+    if not isinstance(base, TrainConfig):
+        raise TypeError(f"base_config must be a TrainConfig (got {type(base).__name__}).")
+    if not isinstance(grid, Mapping) or not grid:
+        raise ValueError(
+            "grid must be a non-empty mapping {field: [values, ...]} (got "
+            f"{grid!r}); e.g. {{'amplitude': [1, 10], 'seed': range(5)}}."
+        )
+    fields = set(base.to_dict())
+    out = {}
+    for key, values in grid.items():
+        if key == "hidden_widths":
+            raise ValueError(
+                "grid key 'hidden_widths' is not sweepable; sweep one hidden layer with "
+                "'width' (hidden_widths=(w,)) or run one sweep per architecture."
+            )
+        if key in ("output", "hessian_top_k", "ntk_top_k", "projection", "track_every"):
+            raise ValueError(
+                f"grid key {key!r} cannot be swept (per-run files go to run_files=DIR; "
+                "curvature tracking is off in sweeps)."
+            )
+        if key != WIDTH and key not in fields:
+            raise ValueError(
+                f"grid key {key!r} is not a TrainConfig field (nor 'width'); known fields are "
+                f"{sorted(fields - {'output'})}."
+            )
+        out[key] = _values(key, values)
+    return out
+
+
+def _config(base: TrainConfig, combo: dict[str, Any], stop_last_period: bool) -> TrainConfig:
+    changes = {k: v for k, v in combo.items() if k != WIDTH}
+    if WIDTH in combo:
+        changes["hidden_widths"] = (combo[WIDTH],)
+    changes = {k: v.item() if isinstance(v, np.generic) else v for k, v in changes.items()}
+    config = base.replace(**changes)
+    if stop_last_period:
+        config = config.replace(stop_after=max(int(config.steps - config.period), 0))
+    return config
+
+
+def expand(
+    base: TrainConfig, grid: Mapping[str, Any], *, stop_last_period: bool = False
+) -> list[TrainConfig]:
+    """Every combination of ``grid`` applied to ``base``, in C order of the grid's keys."""
+    grid = check_grid(base, grid)
+    keys = list(grid)
+    return [
+        _config(base, dict(zip(keys, combo, strict=True)), stop_last_period)
+        for combo in itertools.product(*grid.values())
+    ]
+
+
+def _run_name(grid: dict[str, list], combo: tuple) -> str:
+    return "_".join(f"{k}={v}" for k, v in zip(grid, combo, strict=True)) + ".nc"
+
+
+def plan_batches(
+    configs: list[TrainConfig], batch_size: int, run_files: list[str] | None = None
+) -> list[_Batch]:
+    """Group runs by shape (first appearance order) and cut each group into batches."""
+    groups: dict[TrainConfig, list[int]] = {}
+    for i, c in enumerate(configs):
+        groups.setdefault(shape_key(c), []).append(i)
+    batches = []
+    for members in groups.values():
+        for lo in range(0, len(members), batch_size):
+            runs = members[lo : lo + batch_size]
+            chosen = [configs[i] for i in runs]
+            text = json.dumps([c.to_dict() for c in chosen], sort_keys=True)
+            digest = hashlib.sha1(text.encode()).hexdigest()[:12]
+            batches.append(
+                _Batch(
+                    len(batches),
+                    runs,
+                    chosen,
+                    None if run_files is None else [run_files[i] for i in runs],
+                    f"batch-{len(batches):05d}-{digest}.nc",
+                )
+            )
+    return batches
+
+
+def _part_dataset(result: BatchResult, runs: list[int]) -> xr.Dataset:
+    data = {name: (("run",), values) for name, values in result.final.items()}
+    data["diverged"] = (("run",), result.diverged)
+    data["diverged_at_step"] = (("run",), result.diverged_at_step)
+    for name, values in result.summaries.items():
+        data[name] = (("run", SUMMARY_STEP), values)
+    return xr.Dataset(data, coords={"run": np.asarray(runs), SUMMARY_STEP: result.summary_steps})
+
+
+def _run_batch(
+    configs_json: list[str],
+    summary_every: int,
+    run_files: list[str] | None,
+    lanes: int,
+    runs: list[int],
+) -> xr.Dataset:
+    """One batch, as a small Dataset on a ``run`` dim (the unit a dask task returns)."""
+    configs = [TrainConfig.from_json(text) for text in configs_json]
+    result = train_batch(configs, summary_every=summary_every, run_files=run_files, lanes=lanes)
+    return _part_dataset(result, runs)
+
+
+def _write_atomic(ds: xr.Dataset, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    ds.to_netcdf(tmp)
+    os.replace(tmp, path)
+
+
+def _load_part(path: Path) -> xr.Dataset:
+    with xr.open_dataset(path) as ds:
+        return ds.load()
+
+
+def _int(name: str, value: Any, minimum: int, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(
+            f"{name} must be an integer >= {minimum}{' or None' if optional else ''} "
+            f"(got {value!r})."
+        )
+
+
+def _progress_bar(total: int) -> tuple[SweepProgress, Callable[[], None]]:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("sweep"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("runs"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    task = bar.add_task("sweep", total=total)
+    bar.start()
+    return (lambda done, total_runs: bar.update(task, completed=done, total=total_runs)), bar.stop
+
+
+def sweep(
+    base_config: TrainConfig,
+    grid: Mapping[str, Any],
+    *,
+    output: str | Path | None = None,
+    run_files: str | Path | None = None,
+    summary_every: int | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    lanes: int | None = None,
+    stop_last_period: bool = False,
+    progress: bool | SweepProgress = False,
+    command: str | None = None,
+) -> xr.Dataset:
+    """Train every combination of ``grid`` on top of ``base_config``; one Dataset of results.
+
+    Args:
+      base_config: the fields every run shares (curvature tracking off, ``output`` None).
+      grid: ``{field: [values, ...]}``; keys are ``TrainConfig`` field names, plus ``"width"``
+        for ``hidden_widths=(w,)``. Each key becomes a dimension with the values as given.
+      output: write the Dataset there (netCDF); finished batches go to ``OUTPUT.parts/`` so an
+        interrupted sweep re-run with the same arguments skips them. An existing ``output``
+        of the same sweep (same base config, grid and summary interval) is returned as it is.
+      run_files: a folder; each run's full run file (the format of ``training.train``) is
+        written there as ``key=value_....nc``.
+      summary_every: interval of the per-step summaries (a multiple of ``eval_every``; default
+        about 100 summary steps per run).
+      scheduler: address of a ``dask.distributed`` scheduler (``"tcp://host:8786"``): one task
+        per batch. Run files and parts are written where the workers and this process can see
+        them (a shared filesystem for ``run_files``; parts are written by this process).
+      workers: start a ``LocalCluster(n_workers=workers, threads_per_worker=1,
+        processes=True)`` for the sweep (one process per core is the measured fastest layout).
+      batch_size: runs per batch (one compiled program, one task, one restart unit).
+      lanes: runs advanced in lockstep by ``jax.vmap`` within a batch (default
+        ``training._batched.DEFAULT_LANES``, measured fastest).
+      stop_last_period: set each run's ``stop_after`` to ``steps − period`` (the papers'
+        protocol: the last period without oscillation).
+      progress: True for a rich progress bar over runs with ETA, or a callback
+        ``progress(runs_done, runs_total)``.
+      command: recorded in the ``command`` attr (default: this process's command line).
+
+    Returns:
+      A Dataset with the grid keys as dims (coordinates as given) and variables
+      ``final_loss, final_static_loss, final_train_accuracy, final_val_loss,
+      final_val_accuracy`` (NaN for diverged runs), ``diverged`` (bool),
+      ``diverged_at_step`` (-1 if not) and the per-step summaries ``loss, static_loss,
+      train_accuracy, val_loss, val_accuracy, grad_norm`` on the extra dim ``summary_step``.
+      Attrs: ``base_config`` (JSON), ``grid`` (JSON), ``command``, ``summary_every``,
+      ``batch_size``, ``lanes``, ``dynloss_version``.
+    """
+    grid = check_grid(base_config, grid)
+    if base_config.output is not None:
+        raise ValueError(
+            f"base_config.output must be None in a sweep (got {base_config.output!r}); give "
+            "run_files=DIR for per-run files and output=PATH for the sweep's dataset."
+        )
+    _int("batch_size", batch_size, 1)
+    _int("workers", workers, 1, optional=True)
+    lanes = DEFAULT_LANES if lanes is None else lanes
+    _int("lanes", lanes, 1)
+    if scheduler is not None and workers is not None:
+        raise ValueError(
+            "give either scheduler (an existing cluster) or workers (a local cluster), not both."
+        )
+    if scheduler is not None and not isinstance(scheduler, str):
+        raise ValueError(
+            f"scheduler must be an address string like 'tcp://host:8786' (got {scheduler!r})."
+        )
+    configs = expand(base_config, grid, stop_last_period=stop_last_period)
+    if summary_every is None:
+        summary_every = default_summary_every(configs[0])
+    for c in configs:  # every batch is valid before anything runs
+        check_batch([c], summary_every, lanes)
+    shape = tuple(len(v) for v in grid.values())
+    names = None
+    if run_files is not None:
+        folder = Path(run_files)
+        folder.mkdir(parents=True, exist_ok=True)
+        names = [
+            str(folder / _run_name(grid, combo)) for combo in itertools.product(*grid.values())
+        ]
+    attrs = {
+        "title": "dynloss sweep",
+        "base_config": base_config.to_json(),
+        "grid": json.dumps({k: [_jsonable(v) for v in vs] for k, vs in grid.items()}),
+        "command": command if command is not None else shlex.join([sys.executable, *sys.argv]),
+        "summary_every": np.int64(summary_every),
+        "stop_last_period": int(stop_last_period),
+        "batch_size": np.int64(batch_size),
+        "lanes": np.int64(lanes),
+        "dynloss_version": package_version(),
+    }
+    out_path = None if output is None else Path(output)
+    if out_path is not None and out_path.exists():
+        existing = _load_part(out_path)
+        same = all(
+            str(existing.attrs.get(k)) == str(attrs[k])
+            for k in ("base_config", "grid", "summary_every", "stop_last_period")
+        )
+        if same:
+            return existing
+        if not same:
+            raise FileExistsError(
+                f"output {str(out_path)!r} exists and holds a different sweep (base config, "
+                "grid or summary_every differ); choose another path or delete it."
+            )
+    parts_dir = None
+    if out_path is not None:
+        parts_dir = out_path.with_name(out_path.name + ".parts")
+    elif run_files is not None:
+        parts_dir = Path(run_files) / "sweep.parts"
+    batches = plan_batches(configs, batch_size, names)
+
+    callback, close = None, None
+    if progress is True:
+        callback, close = _progress_bar(len(configs))
+    elif callable(progress):
+        callback = progress
+    try:
+        parts = _execute(
+            batches, summary_every, lanes, parts_dir, scheduler, workers, callback, len(configs)
+        )
+    finally:
+        if close is not None:
+            close()
+    ds = _assemble(parts, grid, shape, configs[0], attrs)
+    if out_path is not None:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(ds, out_path)
+    if parts_dir is not None and parts_dir.exists():
+        shutil.rmtree(parts_dir)
+    return ds
+
+
+def _jsonable(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _execute(
+    batches: list[_Batch],
+    summary_every: int,
+    lanes: int,
+    parts_dir: Path | None,
+    scheduler: str | None,
+    workers: int | None,
+    callback: SweepProgress | None,
+    total: int,
+) -> list[xr.Dataset]:
+    parts: dict[int, xr.Dataset] = {}
+    todo = []
+    if parts_dir is not None:
+        parts_dir.mkdir(parents=True, exist_ok=True)
+    for batch in batches:
+        path = None if parts_dir is None else parts_dir / batch.name
+        if path is not None and path.exists():
+            parts[batch.index] = _load_part(path)
+        else:
+            todo.append(batch)
+    done = sum(len(b.runs) for b in batches if b.index in parts)
+    if callback is not None:
+        callback(done, total)
+
+    def finish(batch: _Batch, part: xr.Dataset) -> None:
+        nonlocal done
+        parts[batch.index] = part
+        if parts_dir is not None:
+            _write_atomic(part, parts_dir / batch.name)
+        done += len(batch.runs)
+        if callback is not None:
+            callback(done, total)
+
+    def arguments(batch: _Batch) -> tuple:
+        return (
+            [c.to_json() for c in batch.configs],
+            summary_every,
+            batch.run_files,
+            lanes,
+            batch.runs,
+        )
+
+    if scheduler is None and workers is None:
+        for batch in todo:
+            finish(batch, _run_batch(*arguments(batch)))
+    elif todo:
+        from dask.distributed import Client, LocalCluster, as_completed
+
+        cluster = None
+        if workers is not None:
+            cluster = LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            )
+        client = Client(cluster if cluster is not None else scheduler)
+        try:
+            futures = {
+                client.submit(_run_batch, *arguments(b), key=f"dynloss-{b.name}", pure=False): b
+                for b in todo
+            }
+            for future in as_completed(futures):
+                finish(futures[future], future.result())
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    return [parts[b.index] for b in batches]
+
+
+def _assemble(
+    parts: list[xr.Dataset],
+    grid: dict[str, list],
+    shape: tuple[int, ...],
+    first: TrainConfig,
+    attrs: dict[str, Any],
+) -> xr.Dataset:
+    merged = xr.concat(parts, dim="run").sortby("run")
+    num = int(np.prod(shape))
+    if merged.sizes["run"] != num or not np.array_equal(merged["run"].values, np.arange(num)):
+        raise RuntimeError(
+            f"the sweep's parts hold {merged.sizes['run']} runs, expected {num}; delete the "
+            "parts folder and run the sweep again."
+        )
+    dims = list(grid)
+    coords = {k: _coordinate(vs) for k, vs in grid.items()}
+    steps = merged[SUMMARY_STEP].values
+    data = {}
+    for name, var in merged.data_vars.items():
+        values = var.values.reshape(*shape, *var.shape[1:])
+        extra = [SUMMARY_STEP] if SUMMARY_STEP in var.dims else []
+        data[name] = ([*dims, *extra], values)
+    ds = xr.Dataset(data, coords={**coords, SUMMARY_STEP: steps}, attrs=attrs)
+    for name in FINAL_VARIABLES:
+        ds[name].attrs = {"long_name": _FINAL_ATTRS[name], "units": "1"}
+    for name in SUMMARY_VARIABLES:
+        ds[name].attrs = {
+            "long_name": STEP_VARIABLES[name][1] + " (at summary steps)",
+            "units": "1",
+        }
+    ds["diverged"].attrs = {"long_name": "the loss became non-finite during the run"}
+    ds["diverged_at_step"].attrs = {"long_name": "first step with a non-finite loss (-1: none)"}
+    ds[SUMMARY_STEP].attrs = {"long_name": "training step of the per-step summaries"}
+    if WIDTH in ds.coords:
+        ds[WIDTH].attrs = {"long_name": "hidden layer width (hidden_widths=(width,))"}
+    ds.attrs["dtype"] = first.dtype
+    return ds
+
+
+def _coordinate(values: list) -> np.ndarray:
+    if all(isinstance(v, str) for v in values):
+        return np.asarray(values, dtype=object)
+    if any(v is None for v in values):  # e.g. stop_after = [None, 30000] or batch_size
+        return np.asarray(["none" if v is None else str(v) for v in values], dtype=object)
+    return np.asarray(values)

@@ -1,0 +1,305 @@
+"""Sweeps (analysis._sweep), phase diagrams and width curves (analysis._phase), the sweep CLI."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from matplotlib.figure import Figure
+
+from analysis._phase import phase_diagram, plot_phase_diagram, plot_width
+from analysis._sweep import expand, sweep
+from analysis._sweep_cli import read_grid_file, register
+from training import TrainConfig, train
+from training._batched import train_batch
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE = TrainConfig(hidden_widths=(8,), steps=60, eval_every=20, chunk_steps=40, period=20.0)
+GRID = {"amplitude": [1.0, 5.0], "period": [10.0, 20.0], "width": [6, 8], "seed": [0, 1]}
+
+
+@pytest.fixture(scope="module")
+def local():
+    return sweep(BASE, GRID, summary_every=20, batch_size=3, command="test")
+
+
+def test_dataset_layout(local):
+    assert list(local["final_val_accuracy"].dims) == ["amplitude", "period", "width", "seed"]
+    assert local["amplitude"].values.tolist() == [1.0, 5.0]
+    assert local["width"].values.tolist() == [6, 8]
+    assert local["loss"].dims[-1] == "summary_step"
+    assert local["summary_step"].values.tolist() == [0, 20, 40]
+    for name in (
+        "final_train_accuracy",
+        "final_static_loss",
+        "final_loss",
+        "diverged",
+        "diverged_at_step",
+        "val_accuracy",
+        "grad_norm",
+    ):
+        assert name in local
+    assert TrainConfig.from_json(local.attrs["base_config"]) == BASE
+    assert json.loads(local.attrs["grid"])["width"] == [6, 8]
+    assert local.attrs["command"] == "test"
+
+
+def test_each_entry_is_its_own_run(local):
+    config = BASE.replace(amplitude=5.0, period=10.0, hidden_widths=(6,), seed=1)
+    ref = train(config)
+    entry = local.sel(amplitude=5.0, period=10.0, width=6, seed=1)
+    np.testing.assert_allclose(
+        entry["loss"].values, ref["loss"].sel(step=[0, 20, 40]).values, rtol=1e-6
+    )
+    alone = train_batch([config], summary_every=20)
+    assert float(entry["final_val_accuracy"]) == pytest.approx(
+        alone.final["final_val_accuracy"][0], abs=1e-6
+    )
+
+
+def test_dask_path_equals_local_path(local, tmp_path):
+    dask = sweep(BASE, GRID, summary_every=20, batch_size=3, workers=2, command="test")
+    xr.testing.assert_identical(dask, local)
+
+
+def test_restart_skips_finished_batches(local, tmp_path):
+    out = tmp_path / "s.nc"
+
+    def interrupt(done, total):
+        if done >= 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep(
+            BASE,
+            GRID,
+            output=out,
+            summary_every=20,
+            batch_size=3,
+            progress=interrupt,
+            command="test",
+        )
+    parts = sorted((tmp_path / "s.nc.parts").glob("batch-*.nc"))
+    assert len(parts) == 1
+    seen = []
+    again = sweep(
+        BASE,
+        GRID,
+        output=out,
+        summary_every=20,
+        batch_size=3,
+        progress=lambda d, t: seen.append(d),
+        command="test",
+    )
+    assert seen[0] == 3  # the first batch was not re-run
+    xr.testing.assert_identical(again, local)
+    assert not (tmp_path / "s.nc.parts").exists()
+    xr.testing.assert_identical(xr.load_dataset(out), local)
+    assert sweep(BASE, GRID, output=out, summary_every=20, batch_size=3).equals(local)
+    with pytest.raises(FileExistsError, match="holds a different sweep"):
+        sweep(BASE, {"seed": [0]}, output=out, summary_every=20)
+
+
+def test_run_files_are_written(tmp_path):
+    ds = sweep(BASE, {"seed": [0, 1]}, run_files=tmp_path / "runs", summary_every=20)
+    files = sorted(p.name for p in (tmp_path / "runs").glob("*.nc"))
+    assert files == ["seed=0.nc", "seed=1.nc"]
+    run = xr.load_dataset(tmp_path / "runs" / "seed=1.nc")
+    assert run.attrs["status"] == "complete"
+    np.testing.assert_array_equal(
+        run["loss"].sel(step=[0, 20, 40]).values, ds["loss"].sel(seed=1).values
+    )
+
+
+def test_stop_last_period():
+    configs = expand(BASE, {"period": [10.0, 20.0]}, stop_last_period=True)
+    assert [c.stop_after for c in configs] == [50, 40]
+
+
+@pytest.mark.parametrize(
+    ("grid", "kwargs", "error", "message"),
+    [
+        ({}, {}, ValueError, "grid must be a non-empty mapping"),
+        ({"amplitud": [1.0]}, {}, ValueError, "grid key 'amplitud' is not a TrainConfig field"),
+        ({"hidden_widths": [[4]]}, {}, ValueError, "grid key 'hidden_widths' is not sweepable"),
+        ({"output": ["a"]}, {}, ValueError, "grid key 'output' cannot be swept"),
+        ({"seed": 3}, {}, ValueError, r"grid\['seed'\] must be a list of values"),
+        ({"seed": []}, {}, ValueError, r"grid\['seed'\] must hold at least one value"),
+        ({"seed": [1, 1]}, {}, ValueError, r"grid\['seed'\] has repeated values"),
+        ({"amplitude": [0.5]}, {}, ValueError, "amplitude must be >= 1"),
+        ({"seed": [0]}, {"batch_size": 0}, ValueError, "batch_size must be an integer >= 1"),
+        ({"seed": [0]}, {"workers": 0}, ValueError, "workers must be an integer >= 1"),
+        ({"seed": [0]}, {"lanes": 0}, ValueError, "lanes must be an integer >= 1"),
+        ({"seed": [0]}, {"summary_every": 30}, ValueError, "multiple of eval_every=20"),
+        ({"seed": [0]}, {"workers": 2, "scheduler": "tcp://x:1"}, ValueError, "not both"),
+        ({"seed": [0]}, {"scheduler": 5}, ValueError, "scheduler must be an address string"),
+    ],
+)
+def test_bad_sweep_inputs(grid, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        sweep(BASE, grid, **kwargs)
+
+
+def test_bad_base_config():
+    with pytest.raises(ValueError, match=r"base_config\.output must be None"):
+        sweep(BASE.replace(output="x.nc"), {"seed": [0]})
+    with pytest.raises(TypeError, match="base_config must be a TrainConfig"):
+        sweep({"steps": 3}, {"seed": [0]})
+    with pytest.raises(ValueError, match="batched runs do not track curvature"):
+        sweep(BASE.replace(hessian_top_k=1), {"seed": [0]})
+
+
+def _fake_sweep():
+    rng = np.random.default_rng(0)
+    values = rng.uniform(0, 1, (2, 3, 4))
+    ds = xr.Dataset(
+        {"final_val_accuracy": (("amplitude", "period", "seed"), values)},
+        coords={"amplitude": [1.0, 10.0], "period": [10.0, 100.0, 1000.0], "seed": range(4)},
+    )
+    return ds, values
+
+
+def test_phase_diagram_is_seed_mean_and_sem():
+    ds, values = _fake_sweep()
+    values[1, 2, 0] = np.nan  # a diverged run is left out
+    ds["final_val_accuracy"].values[1, 2, 0] = np.nan
+    phase = phase_diagram(ds)
+    assert phase.dims == ("stat", "amplitude", "period")
+    np.testing.assert_allclose(phase.sel(stat="mean"), np.nanmean(values, -1))
+    n = np.isfinite(values).sum(-1)
+    np.testing.assert_allclose(phase.sel(stat="n"), n)
+    np.testing.assert_allclose(phase.sel(stat="sem"), np.nanstd(values, -1, ddof=1) / np.sqrt(n))
+    assert phase_diagram(ds, "final_val_accuracy").equals(phase)
+
+
+def test_phase_diagram_refuses_ambiguous_dims():
+    ds, _ = _fake_sweep()
+    wide = xr.concat([ds, ds], dim=xr.DataArray([10, 20], dims="width", name="width"))
+    with pytest.raises(ValueError, match=r"dimensions \{'width': 2\} remain.*sel\(width=10\)"):
+        phase_diagram(wide)
+    assert phase_diagram(wide.isel(width=[0])).sizes["period"] == 3
+    with pytest.raises(ValueError, match="metric 'accuracy' is not a final metric"):
+        phase_diagram(ds, "accuracy")
+    with pytest.raises(ValueError, match="'T' is not a dimension of the sweep"):
+        phase_diagram(ds, x="T")
+    with pytest.raises(ValueError, match="the kept dimensions must differ"):
+        phase_diagram(ds, x="period", y="period")
+
+
+def test_figures():
+    ds, _ = _fake_sweep()
+    assert isinstance(plot_phase_diagram(ds), Figure)
+    width = xr.Dataset(
+        {
+            "final_val_accuracy": (
+                ("width", "loss", "seed"),
+                np.random.default_rng(1).random((3, 2, 3)),
+            )
+        },
+        coords={"width": [10, 100, 1000], "loss": ["ce", "dce"], "seed": range(3)},
+    )
+    fig = plot_width(width)
+    assert isinstance(fig, Figure)
+    styles = [line.get_linestyle() for line in fig.axes[0].get_lines()]
+    assert "--" in styles and "-" in styles
+
+
+def test_shipped_sweep_reproduces_phase_example():
+    path = ROOT / "data" / "sweep_laptop.nc"
+    assert path.stat().st_size < 1_000_000
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        from phase_diagram import phase_table
+    finally:
+        sys.path.pop(0)
+    phase = phase_table(path)
+    expected = json.loads((ROOT / "data" / "sweep_laptop_phase.json").read_text())
+    assert phase["amplitude"].values.tolist() == expected["amplitude"]
+    np.testing.assert_allclose(phase.sel(stat="mean"), expected["mean"], rtol=1e-12)
+    np.testing.assert_allclose(phase.sel(stat="sem"), expected["sem"], rtol=1e-12)
+    with xr.open_dataset(path) as ds:
+        assert ds.attrs["command"].startswith("dynloss sweep examples/sweep_laptop.toml")
+
+
+def test_shipped_sweep_reruns():
+    """Two runs of the shipped sweep, trained again, give its recorded final accuracies."""
+    with xr.open_dataset(ROOT / "data" / "sweep_laptop.nc") as ds:
+        base = TrainConfig.from_json(ds.attrs["base_config"])
+        point = ds.sel(amplitude=20.0, period=200.0, seed=[0, 1]).load()
+    again = sweep(
+        base,
+        {"amplitude": [20.0], "period": [200.0], "seed": [0, 1]},
+        summary_every=int(ds.attrs["summary_every"]),
+        stop_last_period=True,
+    )
+    np.testing.assert_allclose(
+        again["final_val_accuracy"].values.ravel(), point["final_val_accuracy"].values, atol=1e-6
+    )
+
+
+def _cli(argv):
+    parser = argparse.ArgumentParser(prog="dynloss")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args), parser
+
+
+def test_cli_sweep_and_phase(tmp_path, capsys):
+    grid = tmp_path / "g.toml"
+    grid.write_text(
+        "[base]\nhidden_widths = [6]\nsteps = 40\neval_every = 20\nchunk_steps = 40\n"
+        "[grid]\namplitude = [1.0, 5.0]\nperiod = [10.0, 20.0]\nseed = [0, 1]\n"
+        "[sweep]\nsummary_every = 20\n"
+    )
+    out = tmp_path / "s.nc"
+    code, _ = _cli(["sweep", str(grid), "--output", str(out), "--quiet"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert f"wrote {out}" in text
+    ds = xr.load_dataset(out)
+    assert ds.attrs["command"] == f"dynloss sweep {grid} --output {out} --quiet"
+    fig = tmp_path / "p.png"
+    code, _ = _cli(["phase", str(out), "--output", str(fig)])
+    text = capsys.readouterr().out
+    assert "seed mean ± standard error" in text and f"wrote {fig}" in text
+    assert fig.stat().st_size > 0
+
+
+def test_cli_help_has_examples(capsys):
+    for command in ("sweep", "phase"):
+        with pytest.raises(SystemExit):
+            _cli([command, "--help"])
+        assert "examples:\n  dynloss " + command in capsys.readouterr().out
+
+
+def test_grid_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"grid file .* does not exist"):
+        read_grid_file(tmp_path / "none.toml")
+    bad = tmp_path / "b.toml"
+    bad.write_text("[base]\nsteps = 3\n")
+    with pytest.raises(ValueError, match=r"needs a non-empty \[grid\] table"):
+        read_grid_file(bad)
+    bad.write_text("[grid]\nseed = [0]\n[extra]\na = 1\n")
+    with pytest.raises(ValueError, match=r"unknown table\(s\) \['extra'\]"):
+        read_grid_file(bad)
+    bad.write_text("[grid]\nseed = [0]\n[sweep]\nworkers = 2\n")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['workers'\]"):
+        read_grid_file(bad)
+
+
+def test_example_grid_files_parse():
+    for name in ("sweep_laptop", "sweep_phase_2021", "sweep_width_2025"):
+        base, grid, options = read_grid_file(ROOT / "examples" / f"{name}.toml")
+        assert len(expand(base, grid, stop_last_period=options.get("stop_last_period", False)))
+    _, grid, _ = read_grid_file(ROOT / "examples" / "sweep_phase_2021.toml")
+    assert len(grid["amplitude"]) * len(grid["period"]) * len(grid["seed"]) == 5000
+
+
+def test_phase_cli_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"sweep file .* does not exist"):
+        _cli(["phase", str(tmp_path / "none.nc")])
+    with pytest.raises(ValueError, match="--sel must be DIM=VALUE"):
+        _cli(["phase", str(ROOT / "data" / "sweep_laptop.nc"), "--sel", "bogus"])

@@ -1,0 +1,139 @@
+"""Hessian/NTK of trained runs, online and post hoc, against exact linear algebra (float64)."""
+
+import jax
+import numpy as np
+import pytest
+
+from analysis import hessian_trajectory, ntk_trajectory
+from analysis._trajectories import checkpoint_section
+from curvature import empirical_ntk, hessian_eigh, ntk_matrix
+from training import TrainConfig, open_run, restore, train
+from training._diagnostics import hessian_metric
+
+STEPS = (0, 100, 200)
+
+
+@pytest.fixture(scope="module")
+def run64(tmp_path_factory):
+    """A float64 DCE run at width 100 (603 parameters) with λ1..λ3 tracked every step."""
+    path = tmp_path_factory.mktemp("traj") / "dce64.nc"
+    config = TrainConfig(
+        hidden_widths=(100,),
+        loss="dce",
+        amplitude=10.0,
+        period=100.0,
+        steps=201,
+        checkpoint_every=100,
+        dtype="float64",
+        output=str(path),
+    )
+    eps = float(np.finfo(np.float64).eps)
+    train(config, metrics={"h": hessian_metric(3, projection=True, tol=np.sqrt(eps))})
+    return path
+
+
+@pytest.fixture(scope="module")
+def exact(run64):
+    out = {}
+    for step in STEPS:
+        r = restore(run64, step)
+        out[step] = (r, hessian_eigh(r.loss_fn, r.params))
+    return out
+
+
+def _check_vectors(vectors, exact_vectors, values):
+    for i in range(3):
+        gaps = np.abs(values[i] - np.delete(values[:4], i))
+        if np.min(gaps) > 1e-6 * abs(values[0]):  # compare only separated eigenvalues
+            cos = abs(float(np.dot(vectors[i], exact_vectors[i])))
+            assert cos >= 1 - 1e-8
+
+
+def test_online_tracking_equals_exact_eigh(run64, exact):
+    ds = open_run(run64)
+    for step in STEPS:
+        _, eig = exact[step]
+        tracked = ds["hessian_eigenvalues"].sel(step=step).values
+        np.testing.assert_allclose(tracked, eig.eigenvalues[:3], rtol=1e-10)
+        assert ds["hessian_eigenvalues"].dims == ("step", "eigen_index")
+        np.testing.assert_array_equal(ds["eigen_index"], [1, 2, 3])
+
+
+def test_post_hoc_top_k_equals_exact_eigh(run64, exact):
+    result = hessian_trajectory(run64, steps=list(STEPS), k=3)
+    for step in STEPS:
+        _, eig = exact[step]
+        np.testing.assert_allclose(
+            result["hessian_eigenvalues"].sel(step=step), eig.eigenvalues[:3], rtol=1e-10
+        )
+    proj = result["grad_projection"] ** 2
+    np.testing.assert_allclose(
+        proj.sum("eigen_index") + result["grad_perpendicular"] ** 2, 1.0, rtol=1e-10
+    )
+
+
+def test_post_hoc_eigenvectors(run64, exact):
+    from curvature import hessian_top_k
+
+    for step in STEPS:
+        r, eig = exact[step]
+        top = hessian_top_k(r.loss_fn, r.params, 3, key=jax.random.key(0))
+        _check_vectors(
+            np.asarray(top.eigenvectors), np.asarray(eig.eigenvectors), np.asarray(eig.eigenvalues)
+        )
+
+
+def test_density_and_append(run64):
+    result = hessian_trajectory(run64, steps=[100], k=2, density=True, append=True)
+    grid = result["hessian_density_grid"].values[0]
+    density = result["hessian_density"].values[0]
+    np.testing.assert_allclose(np.trapezoid(density, grid), 1.0, rtol=1e-2)
+    merged = open_run(run64)
+    assert "hessian_eigenvalues_hessian" in merged  # online values are not hidden
+    np.testing.assert_allclose(
+        merged["hessian_eigenvalues_hessian"].sel(step=100)[:2],
+        merged["hessian_eigenvalues"].sel(step=100)[:2],
+        rtol=1e-10,
+    )
+
+
+def test_ntk_full_and_top_k_agree_with_exact_kernel(run64):
+    r = restore(run64, 100)
+    kernel = np.asarray(ntk_matrix(empirical_ntk(r.model.apply, r.params, r.data.x_train)))
+    exact = np.linalg.eigvalsh(kernel)[::-1]
+    full = ntk_trajectory(run64, steps=[100], full=True)
+    np.testing.assert_allclose(full["ntk_spectrum"].values[0, :10], exact[:10], rtol=1e-10)
+    np.testing.assert_allclose(
+        full["ntk_stability_factors"].values[0],
+        1 - 1.0 * full["ntk_spectrum"].values[0] / 300,
+        rtol=1e-12,
+    )
+    top = ntk_trajectory(run64, steps=[100], k=2)
+    np.testing.assert_allclose(top["ntk_eigenvalues"].values[0], exact[:2], rtol=1e-8)
+
+
+def test_ntk_subset(run64):
+    r = restore(run64, 0)
+    idx = np.round(np.linspace(0, 299, 30)).astype(int)
+    kernel = ntk_matrix(empirical_ntk(r.model.apply, r.params, r.data.x_train[idx]))
+    sub = ntk_trajectory(run64, steps=[0], full=True, subset=30)
+    assert sub.sizes["ntk_mode"] == 90
+    np.testing.assert_allclose(
+        sub["ntk_spectrum"].values[0],
+        np.linalg.eigvalsh(np.asarray(kernel))[::-1],
+        rtol=1e-9,
+        atol=1e-9,
+    )
+    with pytest.raises(ValueError, match=r"subset must be an integer in \[1, 300\]"):
+        ntk_trajectory(run64, steps=[0], full=True, subset=0)
+    with pytest.raises(ValueError, match="eigenvectors=True needs full=True"):
+        ntk_trajectory(run64, steps=[0], eigenvectors=True)
+
+
+def test_checkpoint_section_centre(run64):
+    section = checkpoint_section(run64, 100, extent=0.2, num_points=5)
+    r = restore(run64, 100)
+    np.testing.assert_allclose(
+        float(section.surface.sel(a=0.0, b=0.0)), float(r.loss_fn(r.params)), rtol=1e-12
+    )
+    assert section.path.sizes["point"] == 4  # checkpoints 0, 100, 200 and the final 201
