@@ -16,7 +16,9 @@ The shapes differ only in ``g``:
 
 Amplitude, period and stop step may be Python numbers (validated eagerly) or JAX arrays (traced
 under ``jax.vmap``/``jit``; not validated, since a traced value has no concrete value to check).
-The result has JAX's default float dtype; the trainer casts it to the run's dtype.
+The result has the float dtype of ``period`` and ``amplitude`` when they are arrays (so a
+float32 run computes Γ in float32 whether or not 64-bit mode is on), else JAX's default float
+dtype.
 """
 
 from __future__ import annotations
@@ -60,8 +62,9 @@ def _oscillating(
     """Build a schedule from the raw factor ``raw(tau, period, amplitude)`` of the focus class."""
     _check(num_classes, period, amplitude, stop_after)
 
+    dtype = jnp.result_type(float, period, amplitude)
+
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
-        dtype = jnp.result_type(float)
         t = jnp.asarray(step, dtype)
         T = jnp.asarray(period, dtype)
         A = jnp.asarray(amplitude, dtype)

@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import xarray as xr
 
 from analysis._cli import main
 from training import TrainConfig, open_run
@@ -171,6 +172,10 @@ def test_detect_hessian_ntk(lr_runs, capsys):
     out = capsys.readouterr().out
     assert "instabilities detected (alternation)" in out and "threshold λ_th" in out
     assert (run.parent / "lr1.onsets-alternation.nc").exists()
+    onsets = xr.open_dataset(run.parent / "lr1.onsets-alternation.nc")
+    oscillating = onsets["onset_step"].values < 4000  # the last period (4000-5000) is static
+    phase = (onsets["onset_step"].values[oscillating] % 1000) / 1000
+    assert phase.size >= 3 and np.all(phase > 0.5)  # in the second half of their period
     assert main(["hessian", str(run), "--steps", "0:5000:2500", "--k", "2", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "λ2" in out and f"wrote {run.parent / 'lr1.hessian.nc'}" in out

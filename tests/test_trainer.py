@@ -96,10 +96,14 @@ def test_float64_run_without_flags_and_float32_stays_float32(tmp_path):
     np.testing.assert_allclose(
         float(r.loss_fn(r.params)), float(ds["loss"].sel(step=60)), rtol=1e-12
     )
+    jax.config.update("jax_enable_x64", False)
+    reference = train(SMALL.replace(steps=120))
     with jax.enable_x64(True):
         ds32 = train(SMALL.replace(steps=120))
     for name in ("loss", "gamma", "params", "grad_norm", "val_loss"):
         assert ds32[name].dtype == np.float32, name
+    # the global 64-bit flag does not change a float32 run at all
+    xr.testing.assert_identical(ds32, reference)
 
 
 def test_divergence_is_recorded(tmp_path):
