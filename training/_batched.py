@@ -25,7 +25,6 @@ exactly as :func:`training.train` writes it.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -34,7 +33,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
 from training._config import TrainConfig
 from training._runfile import RunWriter
@@ -42,11 +40,11 @@ from training._trainer import (
     Hyper,
     Problem,
     _flat,
-    _layout,
     build,
     hyper_of,
     initial_state,
     make_step,
+    open_writer,
     precision,
     specialise,
 )
@@ -254,23 +252,7 @@ def _compiled(config: TrainConfig, lanes: int, x64: bool) -> tuple[Problem, Call
 
 def _writer(path: Path, config: TrainConfig, problem: Problem, state: tuple) -> RunWriter:
     """A run file laid out exactly as :func:`training.train` writes it (no metrics)."""
-    params, opt_state, key = state
-    np_dtype = np.float64 if config.dtype == "float64" else np.float32
-    key_data = np.asarray(jax.random.key_data(key), np.uint32)
-    return RunWriter(
-        path,
-        config_json=config.replace(output=str(path)).to_json(),
-        num_classes=problem.data.num_classes,
-        param_layout=_layout(params),
-        num_params=int(ravel_pytree(params)[0].size),
-        opt_layout=_layout(opt_state),
-        num_opt=int(_flat(opt_state, np_dtype).size),
-        key_words=int(key_data.size),
-        dtype=config.dtype,
-        extra_variables={},
-        extra_dims={},
-        extra_attrs={"metrics": json.dumps([])},
-    )
+    return open_writer(path, problem._replace(config=config.replace(output=str(path))), state)
 
 
 def train_batch(

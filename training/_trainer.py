@@ -466,17 +466,22 @@ def _load(path: str | Path) -> xr.Dataset:
         return ds.load()
 
 
-def _run(
-    problem: Problem,
-    metrics: NamedMetrics,
-    layout: tuple[dict[str, tuple[str, ...]], dict[str, int]],
+def open_writer(
     path: Path,
-    progress: ProgressCallback | None,
-) -> None:
+    problem: Problem,
+    state: tuple[Params, Any, jax.Array],
+    metrics: NamedMetrics = (),
+    layout: tuple[dict[str, tuple[str, ...]], dict[str, int]] = ({}, {}),
+) -> RunWriter:
+    """Create the run file of ``problem`` at ``path``: the layout every run file shares.
+
+    ``state`` is ``(params, opt_state, key)`` at step 0; ``metrics`` and their ``layout`` (from
+    :func:`metric_layout`) add the tracked variables.
+    """
     config = problem.config
-    params, opt_state, key = initial_state(problem)
+    params, opt_state, key = state
     var_dims, dim_sizes = layout
-    described = {}
+    described: dict[str, Mapping[str, str]] = {}
     for _, metric in metrics:
         described.update(metric.attrs or {})
     extra_variables = {
@@ -490,8 +495,7 @@ def _run(
         for var, dims in var_dims.items()
     }
     np_dtype = np.float64 if config.dtype == "float64" else np.float32
-    key_data = np.asarray(jax.random.key_data(key), np.uint32)
-    writer = RunWriter(
+    return RunWriter(
         path,
         config_json=config.to_json(),
         num_classes=problem.data.num_classes,
@@ -499,12 +503,26 @@ def _run(
         num_params=int(ravel_pytree(params)[0].size),
         opt_layout=_layout(opt_state),
         num_opt=int(_flat(opt_state, np_dtype).size),
-        key_words=int(key_data.size),
+        key_words=int(np.asarray(jax.random.key_data(key)).size),
         dtype=config.dtype,
         extra_variables=extra_variables,
         extra_dims=dim_sizes,
         extra_attrs={"metrics": json.dumps([name for name, _ in metrics])},
     )
+
+
+def _run(
+    problem: Problem,
+    metrics: NamedMetrics,
+    layout: tuple[dict[str, tuple[str, ...]], dict[str, int]],
+    path: Path,
+    progress: ProgressCallback | None,
+) -> None:
+    config = problem.config
+    params, opt_state, key = initial_state(problem)
+    np_dtype = np.float64 if config.dtype == "float64" else np.float32
+    key_data = np.asarray(jax.random.key_data(key), np.uint32)
+    writer = open_writer(path, problem, (params, opt_state, key), metrics, layout)
     step_fn = make_step(problem, metrics)
 
     @partial(jax.jit, static_argnums=2)
