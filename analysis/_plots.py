@@ -217,7 +217,15 @@ def _draw_panel(
         ax.set_title("Hessian λ_1…λ_k")
     elif name == "ntk":
         ntk = run["ntk_eigenvalues"].transpose(STEP, ...)
-        _draw(ax, steps, ntk.values[:, 0], max_points=max_points, color="tab:brown")
+        sparse = np.isfinite(ntk.values[:, 0]).sum() < 0.1 * len(steps)  # checkpoints only
+        _draw(
+            ax,
+            steps,
+            ntk.values[:, 0],
+            max_points=max_points,
+            color="tab:brown",
+            marker="o" if sparse else None,
+        )
         ax.set_ylabel("NTK λ_max")
         ax.set_title("NTK λ_max")
 
