@@ -5,6 +5,11 @@ Targets (issue 3): >= 15,000 recorded steps/s at width 100 on a 2-core machine, 
 recorded / bare >= 0.75.
 
     .venv/bin/python benchmarks/train_throughput.py [--steps 20000] [--widths 100 1000]
+        [--tracking]
+
+``--tracking`` adds the cost of online tracking inside ``training.train`` (Hessian top-3 with
+the gradient projection, and NTK λ_max) as a multiple of the same run untracked (issue 4 target:
+Hessian top-3 tracking <= 3x a training step).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from training import TrainConfig, build, initial_state, make_step
+from training import TrainConfig, build, initial_state, make_step, train
 
 TARGET_STEPS_PER_S = 15_000
 TARGET_RATIO = 0.75
@@ -52,6 +57,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--widths", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--tracking", action="store_true", help="also time online tracking")
     args = parser.parse_args()
     print(
         f"jax {jax.__version__} on {jax.devices()[0].platform}, {args.steps} steps, best of "
@@ -73,6 +79,53 @@ def main() -> None:
             f"{width:>6} {recorded:>17,.0f} {bare:>13,.0f} {ratio:>6.2f} "
             f"{recorded / TARGET_STEPS_PER_S:>14.2f} {ratio / TARGET_RATIO:>14.2f}"
         )
+    if args.tracking:
+        tracking_table(args.widths)
+
+
+def _steady_seconds(config: TrainConfig) -> float:
+    """Seconds per ``config.steps`` steps of ``train`` after compilation.
+
+    ``train`` compiles its chunk afresh on every call, so the cost of the steps is the
+    difference between a run of 2·steps and one of steps (same chunk length, same compile).
+    """
+    short = _wall(config)
+    long = _wall(config.replace(steps=2 * config.steps))
+    return long - short
+
+
+def _wall(config: TrainConfig) -> float:
+    t0 = time.perf_counter()
+    train(config)
+    return time.perf_counter() - t0
+
+
+def tracking_table(widths: list[int]) -> None:
+    header = f"{'width':>6} {'tracked':>22} {'steps/s':>9} {'x untracked':>12} {'vs 3x':>6}"
+    print()
+    print(header)
+    print("-" * len(header))
+    for width in widths:
+        steps = 4000 if width <= 100 else 800
+        base = TrainConfig(
+            hidden_widths=(width,),
+            steps=steps,
+            amplitude=70.0,
+            period=2000.0,
+            chunk_steps=steps // 4,
+            checkpoint_every=steps,
+        )
+        plain = _steady_seconds(base)
+        for label, changes in (
+            ("hessian top-3", {"hessian_top_k": 3}),
+            ("hessian top-3 + proj.", {"hessian_top_k": 3, "projection": True}),
+            ("ntk lambda_max", {"ntk_top_k": 1}),
+        ):
+            seconds = _steady_seconds(base.replace(**changes))
+            ratio = seconds / plain
+            print(
+                f"{width:>6} {label:>22} {steps / seconds:>9,.0f} {ratio:>12.1f} {ratio / 3:>6.1f}"
+            )
 
 
 if __name__ == "__main__":
