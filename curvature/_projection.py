@@ -29,7 +29,7 @@ class GradientProjection(NamedTuple):
 
 
 def gradient_projection(
-    loss_fn: LossFn, params: PyTree, eigenvectors: jax.Array
+    loss_fn: LossFn, params: PyTree, eigenvectors: jax.Array, *, grads: PyTree | None = None
 ) -> GradientProjection:
     """Project ``grad loss_fn(params)`` onto the rows of ``eigenvectors``.
 
@@ -38,6 +38,8 @@ def gradient_projection(
         params: parameter pytree (P entries).
         eigenvectors: (k, P) orthonormal rows in the ``ravel_pytree(params)`` layout, e.g.
             ``Eigen.eigenvectors`` (k may be 0).
+        grads: the gradient of ``loss_fn`` at ``params`` when the caller already has it (a
+            training step does); computed otherwise.
 
     Returns:
         :class:`GradientProjection`. The perpendicular part is computed from the residual
@@ -51,7 +53,7 @@ def gradient_projection(
             f"eigenvectors must have shape (k, P) with P = {p}, the number of parameters "
             f"(got shape {eigenvectors.shape})."
         )
-    g = ravel_pytree(jax.grad(loss_fn)(params))[0]
+    g = ravel_pytree(jax.grad(loss_fn)(params) if grads is None else grads)[0]
     v = eigenvectors.astype(g.dtype)
     components = v @ g
     rest = g - components @ v

@@ -72,7 +72,7 @@ def _hessian_values(ctx: Context, eig: Any, restarted: jax.Array, projection: bo
         "hessian_restarted": restarted,
     }
     if projection:
-        split = gradient_projection(ctx.loss_fn, ctx.params, eig.eigenvectors)
+        split = gradient_projection(ctx.loss_fn, ctx.params, eig.eigenvectors, grads=ctx.grads)
         values["grad_projection"] = split.normalized
         values["grad_perpendicular"] = split.perpendicular
     return values
