@@ -202,3 +202,11 @@ def _steps_on_disk(path: Path) -> int:
             return int(ds.attrs.get("last_complete_step", -1)) + 1
     except OSError:
         return 0
+
+
+def test_repeated_runs_reuse_the_compiled_loop_and_record_their_own_output(tmp_path):
+    first = train(SMALL.replace(steps=80, output=str(tmp_path / "a.nc")))
+    second = train(SMALL.replace(steps=80, output=str(tmp_path / "b.nc")))
+    assert TrainConfig.from_json(second.attrs["config"]).output == str(tmp_path / "b.nc")
+    for name in STEP_VARIABLES:
+        xr.testing.assert_identical(first[name], second[name])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import json
@@ -445,20 +446,61 @@ def train(
         if out.exists():  # overwrite: the old run's post-hoc siblings describe the old run
             for sibling in out.parent.glob(f"{out.stem}.*{out.suffix}"):
                 sibling.unlink()
-    named = builtin_metrics(config) + [(name, as_metric(m)) for name, m in (metrics or {}).items()]
     with precision(config.dtype):
-        problem = build(config)
-        layout = metric_layout(problem, named)  # user errors surface before any file exists
+        prepared = _prepare(config, metrics or {})  # user errors surface before any file exists
         if config.output is None:
             fd, tmp = tempfile.mkstemp(suffix=".nc", prefix="dynloss-run-")
             os.close(fd)
             try:
-                _run(problem, named, layout, Path(tmp), progress)
+                _run(prepared, Path(tmp), progress)
                 return _load(tmp)
             finally:
                 os.unlink(tmp)
-        _run(problem, named, layout, Path(config.output), progress)
+        _run(prepared, Path(config.output), progress)
         return _load(config.output)
+
+
+class _Prepared(NamedTuple):
+    problem: Problem
+    metrics: NamedMetrics
+    layout: tuple[dict[str, tuple[str, ...]], dict[str, int]]
+    run_chunk: Callable
+    user_metrics: tuple  # the caller's objects, kept so their ids stay unique in the cache
+
+
+_PREPARED: collections.OrderedDict = collections.OrderedDict()
+_PREPARED_SIZE = 16
+
+
+def _prepare(config: TrainConfig, metrics: Mapping[str, Any]) -> _Prepared:
+    """Problem, metrics and the compiled chunk of ``config``, reused across ``train`` calls.
+
+    Runs that differ only in ``output`` (and use the same metric objects) share one compiled
+    program, so repeated runs do not pay the compilation again.
+    """
+    key = (
+        config.replace(output=None),
+        tuple((name, id(m)) for name, m in metrics.items()),
+        bool(jax.config.jax_enable_x64),
+    )
+    if key in _PREPARED:
+        _PREPARED.move_to_end(key)
+        cached = _PREPARED[key]
+        return cached._replace(problem=cached.problem._replace(config=config))
+    named = builtin_metrics(config) + [(name, as_metric(m)) for name, m in metrics.items()]
+    problem = build(config)
+    layout = metric_layout(problem, named)
+    step_fn = make_step(problem, named)
+
+    @partial(jax.jit, static_argnums=2)
+    def run_chunk(carry: tuple, start: jax.Array, length: int) -> tuple[tuple, dict]:
+        return jax.lax.scan(step_fn, carry, start + jnp.arange(length))
+
+    prepared = _Prepared(problem, named, layout, run_chunk, tuple(metrics.values()))
+    _PREPARED[key] = prepared
+    while len(_PREPARED) > _PREPARED_SIZE:
+        _PREPARED.popitem(last=False)
+    return prepared
 
 
 def _load(path: str | Path) -> xr.Dataset:
@@ -511,24 +553,13 @@ def open_writer(
     )
 
 
-def _run(
-    problem: Problem,
-    metrics: NamedMetrics,
-    layout: tuple[dict[str, tuple[str, ...]], dict[str, int]],
-    path: Path,
-    progress: ProgressCallback | None,
-) -> None:
+def _run(prepared: _Prepared, path: Path, progress: ProgressCallback | None) -> None:
+    problem, metrics, layout, run_chunk = prepared[:4]
     config = problem.config
     params, opt_state, key = initial_state(problem)
     np_dtype = np.float64 if config.dtype == "float64" else np.float32
     key_data = np.asarray(jax.random.key_data(key), np.uint32)
     writer = open_writer(path, problem, (params, opt_state, key), metrics, layout)
-    step_fn = make_step(problem, metrics)
-
-    @partial(jax.jit, static_argnums=2)
-    def run_chunk(carry: tuple, start: jax.Array, length: int) -> tuple[tuple, dict]:
-        return jax.lax.scan(step_fn, carry, start + jnp.arange(length))
-
     carry = (params, opt_state, key, init_metric_states(problem, metrics, params), problem.hyper)
     status = "complete"
     try:
