@@ -35,28 +35,17 @@ T = 2000 instead of 5000 so it runs in about a minute, with Hessian λ1..λ3 tra
 
 
 def _progress(description: str, total: int) -> tuple[Callable, Callable[[], None]]:
-    """A rich progress bar with steps/s and the latest loss; returns (callback, close)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    """A progress bar with steps/s and the latest loss; returns (callback, close)."""
+    from analysis._progress import start_bar
 
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]} steps/s  loss {task.fields[loss]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        transient=False,
+    bar, task = start_bar(
+        description,
+        total,
+        detail="{task.fields[rate]} steps/s  loss {task.fields[loss]}",
+        rate="-",
+        loss="-",
     )
-    task = bar.add_task(description, total=total, rate="-", loss="-")
     start = time.perf_counter()
-    bar.start()
 
     def callback(done: int, total_steps: int, latest: dict[str, float]) -> None:
         elapsed = max(time.perf_counter() - start, 1e-9)

@@ -185,11 +185,9 @@ class _NoBar:
 
 class _RichBar:
     def __init__(self, total: int, label: str) -> None:
-        from rich.progress import Progress
+        from analysis._progress import start_bar
 
-        self._progress = Progress()
-        self._task = self._progress.add_task(label, total=total)
-        self._progress.start()
+        self._progress, self._task = start_bar(label, total, detail="checkpoints")
 
     def advance(self, n: int = 1) -> None:
         self._progress.advance(self._task, n)

@@ -210,26 +210,9 @@ def _int(name: str, value: Any, minimum: int, *, optional: bool = False) -> None
 
 
 def _progress_bar(total: int) -> tuple[SweepProgress, Callable[[], None]]:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from analysis._progress import start_bar
 
-    bar = Progress(
-        TextColumn("sweep"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("runs"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    task = bar.add_task("sweep", total=total)
-    bar.start()
+    bar, task = start_bar("sweep", total, detail="runs")
     return (lambda done, total_runs: bar.update(task, completed=done, total=total_runs)), bar.stop
 
 
