@@ -10,8 +10,10 @@ Target (issue 7): >= 50,000 run-steps/s at width 100 on 2 cores (the 2021 phase 
 Layouts: "alone" is one run per compiled call (``training.train``'s loop); "lanes=L" is a batch
 of R runs in one compiled program, L runs vmapped in lockstep and R/L such groups one after the
 other (``training._batched.train_batch``; L = R is a plain vmap of the whole batch). "dask 2w"
-is ``analysis.sweep(workers=2)``: 2 worker processes, 1 thread each, one batch per task
-(timed end to end, including process start and compilation in each worker). The load average
+is ``analysis.sweep`` on a ``LocalCluster`` of 2 worker processes, 1 thread each, one batch per
+task: "cold" is timed end to end (process start and compilation in each worker included),
+"warm" is a second sweep of as many runs on the same compiled workers (the steady state of a
+long sweep). The load average
 is printed with each row: other processes share the cores.
 """
 
@@ -54,19 +56,33 @@ def batched(width: int, steps: int, runs: int, lanes: int) -> float:
     return runs * steps / (time.perf_counter() - t0)
 
 
-def dask_sweep(width: int, steps: int, runs: int, workers: int) -> float:
+def dask_sweep(width: int, steps: int, runs: int, workers: int) -> tuple[float, float]:
+    """(end to end, steady state) run-steps/s of ``sweep`` on a LocalCluster of ``workers``.
+
+    End to end counts process start and each worker's compilation; steady state is a second
+    sweep (other seeds) on the same, already compiled workers.
+    """
+    from dask.distributed import LocalCluster
+
     from analysis._sweep import sweep
 
     base = TrainConfig(hidden_widths=(width,), steps=steps, chunk_steps=steps, eval_every=100)
-    t0 = time.perf_counter()
-    sweep(
-        base,
-        {"seed": range(runs)},
-        workers=workers,
-        batch_size=max(1, runs // (2 * workers)),
-        summary_every=100 * max(1, steps // 1000),
+    options = dict(
+        batch_size=max(1, runs // (2 * workers)), summary_every=100 * max(1, steps // 1000)
     )
-    return runs * steps / (time.perf_counter() - t0)
+    rates = []
+    t0 = time.perf_counter()
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True) as cluster:
+        for first in (0, runs):
+            sweep(
+                base,
+                {"seed": range(first, first + runs)},
+                scheduler=cluster.scheduler_address,
+                **options,
+            )
+            rates.append(runs * steps / (time.perf_counter() - t0))
+            t0 = time.perf_counter()
+    return rates[0], rates[1]
 
 
 def main() -> None:
@@ -112,7 +128,9 @@ def main() -> None:
                 name = "vmap (all)" if lanes == runs else f"lanes={lanes}"
                 row(width, name, runs, batched(width, args.steps, runs, lanes))
         if args.dask_runs:
-            row(width, "dask 2w", args.dask_runs, dask_sweep(width, args.steps, args.dask_runs, 2))
+            cold, warm = dask_sweep(width, args.steps, args.dask_runs, 2)
+            row(width, "dask 2w (cold)", args.dask_runs, cold)
+            row(width, "dask 2w (warm)", args.dask_runs, warm)
 
 
 if __name__ == "__main__":

@@ -231,20 +231,23 @@ def _make_final(problem: Problem, steps: int) -> Callable:
 _COMPILED: dict[tuple, tuple[Problem, Callable, Callable]] = {}
 
 
-def _compiled(config: TrainConfig, lanes: int, x64: bool) -> tuple[Problem, Callable, Callable]:
+def _compiled(
+    config: TrainConfig, lanes: int, x64: bool, summary_every: int | None
+) -> tuple[Problem, Callable, Callable]:
     """Problem, chunk and final-evaluation functions of a shape, built once per process.
 
     Reusing the same jitted functions lets every later batch of the shape (a sweep's next
-    batch, a dask worker's next task) skip compilation.
+    batch, a dask worker's next task) skip compilation. ``summary_every`` is passed to
+    :func:`training._trainer.make_step` (None: every per-step record, for run files).
     """
-    key = (shape_key(config), lanes, x64)
+    key = (shape_key(config), lanes, x64, summary_every)
     if key not in _COMPILED:
         if len(_COMPILED) >= 16:
             _COMPILED.clear()
         problem = build(shape_key(config).replace(steps=config.steps))
         _COMPILED[key] = (
             problem,
-            _make_chunk(make_step(problem), lanes),
+            _make_chunk(make_step(problem, summary_every=summary_every), lanes),
             _make_final(problem, config.steps),
         )
     return _COMPILED[key]
@@ -313,7 +316,11 @@ def _train_batch(
 ) -> BatchResult:
     first = configs[0]
     num_runs, steps = len(configs), first.steps
-    problem, chunk, final_fn = _compiled(first, lanes, jax.config.jax_enable_x64)
+    # Without run files only the summary steps are kept, so the secondary records (static
+    # loss, accuracies, gradient norm, validation) are computed on those steps only (~5% faster).
+    problem, chunk, final_fn = _compiled(
+        first, lanes, jax.config.jax_enable_x64, summary_every if run_files is None else None
+    )
     dtype = problem.dtype
     np_dtype = np.float64 if first.dtype == "float64" else np.float32
     states = [initial_state(problem._replace(config=c)) for c in configs]

@@ -291,7 +291,9 @@ def metric_layout(
     return var_dims, sizes
 
 
-def make_step(problem: Problem, metrics: NamedMetrics = ()) -> Callable:
+def make_step(
+    problem: Problem, metrics: NamedMetrics = (), *, summary_every: int | None = None
+) -> Callable:
     """The per-step function ``(carry, step) -> (carry, records)`` scanned by the trainer.
 
     ``carry = (params, opt_state, key, metric_states, hyper)`` (``hyper`` is constant; it is
@@ -300,6 +302,11 @@ def make_step(problem: Problem, metrics: NamedMetrics = ()) -> Callable:
     step, the static loss and accuracy of the same outputs, Γ, the learning rate, the gradient
     norm, validation loss/accuracy on eval steps (NaN elsewhere), and each metric's values on
     steps that are multiples of ``track_every`` (NaN elsewhere).
+
+    ``summary_every`` (a multiple of ``eval_every``; used by sweeps that keep only summaries):
+    the static loss, train accuracy and gradient norm are then computed only on multiples of it
+    and are NaN elsewhere, and so are the validation metrics; the minimised loss (divergence
+    detection), Γ and the learning rate are still recorded at every step.
     """
     config, dtype = problem.config, problem.dtype
     x = jnp.asarray(problem.data.x_train, dtype)
@@ -318,6 +325,24 @@ def make_step(problem: Problem, metrics: NamedMetrics = ()) -> Callable:
         del params
         nan = jnp.asarray(jnp.nan, dtype)
         return nan, nan
+
+    def observe(params: Params, out: jax.Array, yb: jax.Array, grads: Params) -> dict:
+        del params
+        return {
+            "static_loss": static_loss(out, yb),
+            "train_accuracy": jnp.mean(jnp.argmax(out, -1) == yb).astype(dtype),
+            "grad_norm": optax.tree.norm(grads).astype(dtype),
+        }
+
+    def summarise(params: Params, out: jax.Array, yb: jax.Array, grads: Params) -> dict:
+        val_loss, val_acc = evaluate(params)
+        return {**observe(params, out, yb, grads), "val_loss": val_loss, "val_accuracy": val_acc}
+
+    def skip_summary(*args: Any) -> dict:
+        nan = jnp.asarray(jnp.nan, dtype)
+        return dict.fromkeys(
+            ("static_loss", "train_accuracy", "grad_norm", "val_loss", "val_accuracy"), nan
+        )
 
     def track(ctx: Context, states: tuple) -> tuple[dict[str, jax.Array], tuple]:
         records, new_states = {}, []
@@ -346,17 +371,24 @@ def make_step(problem: Problem, metrics: NamedMetrics = ()) -> Callable:
         (value, out), grads = jax.value_and_grad(objective, has_aux=True)(params)
         updates, opt_state = run.optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
-        val_loss, val_acc = jax.lax.cond(step % config.eval_every == 0, evaluate, skip_eval, params)
-        records = {
-            "loss": value,
-            "static_loss": static_loss(out, yb),
-            "train_accuracy": jnp.mean(jnp.argmax(out, -1) == yb).astype(dtype),
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "gamma": gamma,
-            "learning_rate": jnp.asarray(run.learning_rate(step), dtype),
-            "grad_norm": optax.tree.norm(grads).astype(dtype),
-        }
+        if summary_every is None:
+            val_loss, val_acc = jax.lax.cond(
+                step % config.eval_every == 0, evaluate, skip_eval, params
+            )
+            records = {
+                **observe(params, out, yb, grads),
+                "val_loss": val_loss,
+                "val_accuracy": val_acc,
+            }
+        else:
+            records = jax.lax.cond(
+                step % summary_every == 0, summarise, skip_summary, params, out, yb, grads
+            )
+        records.update(
+            loss=value,
+            gamma=gamma,
+            learning_rate=jnp.asarray(run.learning_rate(step), dtype),
+        )
         if metrics:
             ctx = context(run, params, step, grads if batch_size is None else None)
             if config.track_every == 1:
