@@ -196,11 +196,36 @@ def test_killed_run_leaves_readable_file(tmp_path):
     assert np.all(np.isfinite(ds["loss"].values))
 
 
+def test_open_run_retries_a_read_that_lands_in_an_append(tmp_path, monkeypatch):
+    path = tmp_path / "run.nc"
+    train(SMALL.replace(steps=20, output=str(path)))
+    real, calls = xr.open_dataset, []
+
+    def flaky(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) <= 2:
+            raise RuntimeError("NetCDF: HDF error")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(xr, "open_dataset", flaky)
+    ds = open_run(path, siblings=False)
+    assert len(calls) == 3 and ds.sizes["step"] == 20
+
+    def always(*args, **kwargs):
+        raise RuntimeError("NetCDF: HDF error")
+
+    monkeypatch.setattr(xr, "open_dataset", always)
+    with pytest.raises(RuntimeError, match="HDF error"):
+        open_run(path, siblings=False)
+
+
 def _steps_on_disk(path: Path) -> int:
+    # A poll that lands in the middle of the writer's append can fail with an HDF error
+    # (OSError or RuntimeError): it just means "not yet", poll again.
     try:
         with xr.open_dataset(path) as ds:
             return int(ds.attrs.get("last_complete_step", -1)) + 1
-    except OSError:
+    except (OSError, RuntimeError):
         return 0
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -203,7 +204,7 @@ def open_run(path: str | Path, *, siblings: bool = True) -> xr.Dataset:
             f"run file {str(path)!r} does not exist; train one with `dynloss train --output "
             f"{path}` or `dynloss demo`."
         )
-    ds = xr.open_dataset(path)
+    ds = _open_dataset(path)
     if "format_version" not in ds.attrs or "config" not in ds.attrs:
         ds.close()
         raise ValueError(
@@ -222,6 +223,28 @@ def open_run(path: str | Path, *, siblings: bool = True) -> xr.Dataset:
             clash = {v: f"{v}_{kind}" for v in extra.data_vars if v in ds.data_vars}
             ds = xr.merge([ds, extra.rename(clash)], join="outer", combine_attrs="override")
     return ds
+
+
+READ_ATTEMPTS = 5
+"""Tries of :func:`open_run` on a file that another process is appending to (see below)."""
+
+
+def _open_dataset(path: Path) -> xr.Dataset:
+    """``xr.open_dataset``, retried while a running trainer is in the middle of an append.
+
+    HDF5 has no concurrent reader/writer guarantee: a read that lands during the writer's
+    append (a few milliseconds per chunk) can fail with ``RuntimeError: NetCDF: HDF error``
+    (seen about once in 25 polling runs). The file is consistent again after the writer's sync,
+    so the read is retried a few times, 0.2 s apart, before the error is raised.
+    """
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            return xr.open_dataset(path)
+        except RuntimeError:
+            if attempt == READ_ATTEMPTS - 1:
+                raise
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
 
 
 def write_sibling(run_path: str | Path, kind: str, result: xr.Dataset) -> Path:
