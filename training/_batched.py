@@ -13,7 +13,7 @@ advance in lockstep) and the groups run one after the other inside the same prog
 (``lax.map``). ``lanes=1`` runs each run alone, one after the other, in one compiled call: on a
 2-core CPU at width 100 that is the fastest layout, because XLA:CPU executes the batched
 matrix products of a vmapped step much less efficiently than the plain ones (a vmapped batch of
-2–50 runs measured ~0.5–0.65× the per-run speed of one run alone). Process-level parallelism
+2–50 runs measured ~0.45–0.65× the per-run speed of one run alone). Process-level parallelism
 (one process per core, see ``analysis.sweep(workers=...)``) is what scales.
 
 Divergence: a run whose loss becomes non-finite keeps computing NaNs inside the batch (nothing
