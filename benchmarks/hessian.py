@@ -1,6 +1,6 @@
 """Cost of Hessian top-3 tracking per training step, as a multiple of a plain GD step.
 
-Run:  .venv/bin/python benchmarks/curvature.py [--widths 100 1000] [--dtype float32]
+Run:  .venv/bin/python benchmarks/hessian.py [--widths 100 1000] [--dtype float32]
 
 Builds its own spiral (3 arms x 100 points, 2-D), 1-hidden-layer ReLU MLP and class-weighted
 cross-entropy (Gamma = (2.5, 0.25, 0.25)), full-batch optax.sgd at lr 1. For each width it
@@ -16,19 +16,14 @@ independent cold Lanczos runs. Prints multiples of the plain step and the ratio 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-# This file is named like the package it measures: drop its own folder from the import path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-
-from curvature import hessian_top_k, hessian_tracker  # noqa: E402
+from curvature import hessian_top_k, hessian_tracker
 
 GAMMA = (2.5, 0.25, 0.25)
 TARGET = 3.0
