@@ -235,3 +235,25 @@ def test_repeated_runs_reuse_the_compiled_loop_and_record_their_own_output(tmp_p
     assert TrainConfig.from_json(second.attrs["config"]).output == str(tmp_path / "b.nc")
     for name in STEP_VARIABLES:
         xr.testing.assert_identical(first[name], second[name])
+
+
+def test_summary_step_records_equal_full_records_on_summary_steps():
+    from training import build, initial_state, make_step
+
+    config = SMALL.replace(steps=40, eval_every=5)
+    problem = build(config)
+    carry = (*initial_state(problem), (), problem.hyper)
+    steps = jax.numpy.arange(40)
+    _, full = jax.lax.scan(make_step(problem), carry, steps)
+    _, summary = jax.lax.scan(make_step(problem, summary_every=10), carry, steps)
+    on = np.arange(40) % 10 == 0
+    for name in full:
+        a, b = np.asarray(full[name]), np.asarray(summary[name])
+        if name in ("loss", "gamma", "learning_rate"):
+            np.testing.assert_allclose(b, a, rtol=1e-6)
+        else:
+            np.testing.assert_allclose(b[on], a[on], rtol=1e-6)
+            assert np.all(np.isnan(b[~on]))
+    for bad in (0, 7, True, 2.0):
+        with pytest.raises(ValueError, match="summary_every must be None or a positive multiple"):
+            make_step(problem, summary_every=bad)

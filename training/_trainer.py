@@ -309,6 +309,16 @@ def make_step(
     detection), Γ and the learning rate are still recorded at every step.
     """
     config, dtype = problem.config, problem.dtype
+    if summary_every is not None and (
+        isinstance(summary_every, bool)
+        or not isinstance(summary_every, int)
+        or summary_every < 1
+        or summary_every % config.eval_every
+    ):
+        raise ValueError(
+            f"summary_every must be None or a positive multiple of eval_every={config.eval_every} "
+            f"(got {summary_every!r})."
+        )
     x = jnp.asarray(problem.data.x_train, dtype)
     y = jnp.asarray(problem.data.y_train)
     x_val = jnp.asarray(problem.data.x_val, dtype)
@@ -326,8 +336,7 @@ def make_step(
         nan = jnp.asarray(jnp.nan, dtype)
         return nan, nan
 
-    def observe(params: Params, out: jax.Array, yb: jax.Array, grads: Params) -> dict:
-        del params
+    def observe(out: jax.Array, yb: jax.Array, grads: Params) -> dict:
         return {
             "static_loss": static_loss(out, yb),
             "train_accuracy": jnp.mean(jnp.argmax(out, -1) == yb).astype(dtype),
@@ -336,7 +345,7 @@ def make_step(
 
     def summarise(params: Params, out: jax.Array, yb: jax.Array, grads: Params) -> dict:
         val_loss, val_acc = evaluate(params)
-        return {**observe(params, out, yb, grads), "val_loss": val_loss, "val_accuracy": val_acc}
+        return {**observe(out, yb, grads), "val_loss": val_loss, "val_accuracy": val_acc}
 
     def skip_summary(*args: Any) -> dict:
         nan = jnp.asarray(jnp.nan, dtype)
@@ -376,7 +385,7 @@ def make_step(
                 step % config.eval_every == 0, evaluate, skip_eval, params
             )
             records = {
-                **observe(params, out, yb, grads),
+                **observe(out, yb, grads),
                 "val_loss": val_loss,
                 "val_accuracy": val_acc,
             }
