@@ -91,7 +91,8 @@ def _steady_seconds(config: TrainConfig) -> float:
     (same chunk length; file creation and other per-call costs cancel), best of two.
     """
     longer = config.replace(steps=2 * config.steps)
-    _wall(config), _wall(longer)
+    _wall(config)
+    _wall(longer)
     return min(_wall(longer) - _wall(config) for _ in range(2))
 
 

@@ -191,12 +191,13 @@ def _full_contract(j1: list[jax.Array], j2: list[jax.Array]) -> jax.Array:
     """
     n1, c1 = j1[0].shape[:2]
     n2, c2 = j2[0].shape[:2]
+    same = j2 is j1
     a = [leaf.reshape(n1 * c1, -1) for leaf in j1]
-    b = a if j2 is j1 else [leaf.reshape(n2 * c2, -1) for leaf in j2]
-    jacobian_size = sum(x.size for x in a) + (0 if j2 is j1 else sum(x.size for x in b))
+    b = a if same else [leaf.reshape(n2 * c2, -1) for leaf in j2]
+    jacobian_size = sum(x.size for x in a) + (0 if same else sum(x.size for x in b))
     if jacobian_size <= (len(a) - 1) * n1 * c1 * n2 * c2:
         a_all = jnp.concatenate(a, axis=1)
-        b_all = a_all if j2 is j1 else jnp.concatenate(b, axis=1)
+        b_all = a_all if same else jnp.concatenate(b, axis=1)
         total = a_all @ b_all.T
     else:
         total = a[0] @ b[0].T

@@ -24,6 +24,7 @@ exactly as :func:`training.train` writes it.
 
 from __future__ import annotations
 
+import collections
 import itertools
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -41,6 +42,7 @@ from training._trainer import (
     Problem,
     _flat,
     build,
+    cached,
     hyper_of,
     initial_state,
     make_step,
@@ -228,7 +230,7 @@ def _make_final(problem: Problem, steps: int) -> Callable:
     return jax.jit(jax.vmap(final))
 
 
-_COMPILED: dict[tuple, tuple[Problem, Callable, Callable]] = {}
+_COMPILED: collections.OrderedDict = collections.OrderedDict()
 
 
 def _compiled(
@@ -240,17 +242,16 @@ def _compiled(
     batch, a dask worker's next task) skip compilation. ``summary_every`` is passed to
     :func:`training._trainer.make_step` (None: every per-step record, for run files).
     """
-    key = (shape_key(config), lanes, x64, summary_every)
-    if key not in _COMPILED:
-        if len(_COMPILED) >= 16:
-            _COMPILED.clear()
+
+    def make() -> tuple[Problem, Callable, Callable]:
         problem = build(shape_key(config).replace(steps=config.steps))
-        _COMPILED[key] = (
+        return (
             problem,
             _make_chunk(make_step(problem, summary_every=summary_every), lanes),
             _make_final(problem, config.steps),
         )
-    return _COMPILED[key]
+
+    return cached(_COMPILED, (shape_key(config), lanes, x64, summary_every), make)
 
 
 def _writer(path: Path, config: TrainConfig, problem: Problem, state: tuple) -> RunWriter:

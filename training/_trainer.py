@@ -8,10 +8,10 @@ import itertools
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -347,12 +347,6 @@ def make_step(
         val_loss, val_acc = evaluate(params)
         return {**observe(out, yb, grads), "val_loss": val_loss, "val_accuracy": val_acc}
 
-    def skip_summary(*args: Any) -> dict:
-        nan = jnp.asarray(jnp.nan, dtype)
-        return dict.fromkeys(
-            ("static_loss", "train_accuracy", "grad_norm", "val_loss", "val_accuracy"), nan
-        )
-
     def track(ctx: Context, states: tuple) -> tuple[dict[str, jax.Array], tuple]:
         records, new_states = {}, []
         for (name, metric), state in zip(metrics, states, strict=True):
@@ -390,8 +384,10 @@ def make_step(
                 "val_accuracy": val_acc,
             }
         else:
+            args = (params, out, yb, grads)
+            shapes = jax.eval_shape(summarise, *args)
             records = jax.lax.cond(
-                step % summary_every == 0, summarise, skip_summary, params, out, yb, grads
+                step % summary_every == 0, summarise, lambda *_: nan_like(shapes), *args
             )
         records.update(
             loss=value,
@@ -509,8 +505,23 @@ class _Prepared(NamedTuple):
     user_metrics: tuple  # the caller's objects, kept so their ids stay unique in the cache
 
 
+T = TypeVar("T")
+
 _PREPARED: collections.OrderedDict = collections.OrderedDict()
-_PREPARED_SIZE = 16
+
+COMPILED_CACHE_SIZE = 16
+"""Compiled programs kept per process by ``train`` and by batched runs (least recently used)."""
+
+
+def cached(cache: collections.OrderedDict, key: Hashable, make: Callable[[], T]) -> T:
+    """``cache[key]``, made by ``make()`` when missing; keeps the most recent entries only."""
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    value = cache[key] = make()
+    while len(cache) > COMPILED_CACHE_SIZE:
+        cache.popitem(last=False)
+    return value
 
 
 def _prepare(config: TrainConfig, metrics: Mapping[str, Any]) -> _Prepared:
@@ -524,10 +535,11 @@ def _prepare(config: TrainConfig, metrics: Mapping[str, Any]) -> _Prepared:
         tuple((name, id(m)) for name, m in metrics.items()),
         bool(jax.config.jax_enable_x64),
     )
-    if key in _PREPARED:
-        _PREPARED.move_to_end(key)
-        cached = _PREPARED[key]
-        return cached._replace(problem=cached.problem._replace(config=config))
+    prepared = cached(_PREPARED, key, lambda: _compile_run(config, metrics))
+    return prepared._replace(problem=prepared.problem._replace(config=config))
+
+
+def _compile_run(config: TrainConfig, metrics: Mapping[str, Any]) -> _Prepared:
     named = builtin_metrics(config) + [(name, as_metric(m)) for name, m in metrics.items()]
     problem = build(config)
     layout = metric_layout(problem, named)
@@ -537,11 +549,7 @@ def _prepare(config: TrainConfig, metrics: Mapping[str, Any]) -> _Prepared:
     def run_chunk(carry: tuple, start: jax.Array, length: int) -> tuple[tuple, dict]:
         return jax.lax.scan(step_fn, carry, start + jnp.arange(length))
 
-    prepared = _Prepared(problem, named, layout, run_chunk, tuple(metrics.values()))
-    _PREPARED[key] = prepared
-    while len(_PREPARED) > _PREPARED_SIZE:
-        _PREPARED.popitem(last=False)
-    return prepared
+    return _Prepared(problem, named, layout, run_chunk, tuple(metrics.values()))
 
 
 def _load(path: str | Path) -> xr.Dataset:
