@@ -128,8 +128,9 @@ def hessian_exact(
     product inside ``lax.map``, after linearising the gradient once), then the matrix is
     symmetrised, ``(H + H^T) / 2``, which removes the rounding asymmetry of the products.
     The default chunk of 1 (a sequential loop) is fastest on CPU: width-1000 spiral MLP in
-    float64, 16.5 s with chunks of 1, 19.3 s with 8, 38 s with 64 (2-core CPU, see
-    benchmarks/hessian.py); on a GPU larger chunks pay.
+    float64, 9.4 s with chunks of 1, 18.4 s with 8, 19.2 s with 64 (2-core CPU,
+    ``benchmarks/curvature.py --widths 1000 --exact --dtype float64``); on a GPU larger
+    chunks pay.
 
     Args:
         loss_fn: scalar function of the parameters.

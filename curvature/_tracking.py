@@ -70,7 +70,7 @@ class Tracker(NamedTuple):
 def hessian_tracker(
     k: int,
     *,
-    num_iterations: int = 4,
+    num_iterations: int = 8,
     tol: float | None = None,
     restart_tol: float | None = None,
     num_matvecs: int | None = None,
@@ -94,7 +94,7 @@ def hessian_tracker(
       update direction (k HVPs each), stopping once every relative residual is below
       ``tol``. The residuals come from the same products, so a step that is already
       converged costs k HVPs. Chosen because it was the cheapest for the accuracy in
-      benchmarks/hessian.py (it needs no extra products for residuals).
+      benchmarks/curvature.py (it needs no extra products for residuals).
     - ``"jax_lobpcg"``: ``jax.experimental.sparse.linalg.lobpcg_standard`` with at most
       ``num_iterations`` iterations, then k HVPs for the residuals. Needs ``5 k < P``.
     - ``"lanczos"``: Lanczos of depth ``num_iterations`` (>= k) started from the sum of the
@@ -107,6 +107,9 @@ def hessian_tracker(
         k: number of eigenpairs, ``1 <= k <= P`` (checked at ``init``).
         num_iterations: the most warm expansions per update (``"block"``, >= 0), the most
             LOBPCG iterations (``"jax_lobpcg"``, >= 1), or the warm Lanczos depth (>= k).
+            Default 8. A typical update needs 1-2 expansions; the cap only matters on hard
+            steps (early training), where a cap of 4 fell back to cold starts 4x as often
+            and cost 20% more in total (spiral DCE run, width 1000, benchmarks/curvature.py).
         tol: relative residual at which warm iterations stop (default ``max(1e-4, 1e4 eps)``:
             1e-4 in float64, 1.2e-3 in float32, whose Hessian-vector products bottom out
             near 1e-4 at width 1000; eigenvalues come to about ``tol**2 * |lambda| / gap``).
