@@ -233,7 +233,10 @@ def _run_stateless(problem, template, metric, selected, params_at, batch, rows, 
     for start in range(0, len(selected), batch):
         chunk = selected[start : start + batch]
         if start:
-            out = batched(jnp.stack([params_at(s) for s in chunk]), jnp.asarray(chunk))
+            # A short last chunk is padded with its last checkpoint (results dropped), so
+            # every chunk has one shape and the program is compiled once.
+            padded = chunk + chunk[-1:] * (len(first) - len(chunk))
+            out = batched(jnp.stack([params_at(s) for s in padded]), jnp.asarray(padded))
         host = jax.tree_util.tree_map(np.asarray, out)
         for i in range(len(chunk)):
             rows.append(jax.tree_util.tree_map(lambda a, i=i: a[i], host))

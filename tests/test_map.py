@@ -73,6 +73,22 @@ def test_post_hoc_equals_online(run, fn, name):
         )
 
 
+def test_short_last_batch_is_padded_and_compiled_once(run):
+    def traced(log):
+        def loss_at(ctx):
+            log.append(None)  # runs once per trace, i.e. per compiled shape
+            return ctx.loss_fn(ctx.params)
+
+        return loss_at
+
+    split, whole = [], []
+    post = map_checkpoints(run, traced(split), batch=2, name="loss_at")  # batches 2, 2, 1 + pad
+    one = map_checkpoints(run, traced(whole), batch=5, name="loss_at")
+    np.testing.assert_array_equal(post["step"], [0, 50, 100, 150, 200])
+    np.testing.assert_allclose(post["loss_at"], one["loss_at"], rtol=1e-6)
+    assert len(split) == len(whole)  # no second compilation for the short last batch
+
+
 def test_python_only_function_falls_back_to_a_loop(run):
     def host_side(ctx):
         return float(np.asarray(ctx.loss_fn(ctx.params)))  # not traceable: needs the value
