@@ -316,6 +316,7 @@ def _cmd_hessian(args: argparse.Namespace) -> int:
         args.run,
         steps=steps,
         k=args.k,
+        warm=not args.cold,
         projection=not args.no_projection,
         density=args.density,
         append=True,
@@ -644,9 +645,10 @@ def build_parser() -> argparse.ArgumentParser:
     hs = sub.add_parser(
         "hessian",
         help="top-k Hessian eigenvalues (and density) at saved checkpoints",
-        description="Cold Lanczos top-k of the Hessian of the loss each checkpoint minimised "
-        "(Γ of that step), with residuals and the gradient projection; written to "
-        "RUN.hessian.nc (merged by open_run).",
+        description="Top-k of the Hessian of the loss each checkpoint minimised (Γ of that "
+        "step), with residuals and the gradient projection, each checkpoint warm-started from "
+        "the previous one's eigenvectors (--cold: Lanczos from scratch at every checkpoint); "
+        "written to RUN.hessian.nc (merged by open_run).",
         formatter_class=raw,
         epilog=_examples("""
             dynloss hessian runs/demo/demo.nc --k 3
@@ -657,6 +659,9 @@ def build_parser() -> argparse.ArgumentParser:
     hs.add_argument("--steps", nargs="+", default=None, help=steps_help)
     hs.add_argument("--k", type=int, default=3, help="number of eigenvalues (default 3)")
     hs.add_argument("--density", action="store_true", help="also the SLQ spectral density")
+    hs.add_argument(
+        "--cold", action="store_true", help="cold Lanczos at every checkpoint (no warm start)"
+    )
     hs.add_argument("--no-projection", action="store_true", help="skip the gradient projection")
     hs.add_argument("--quiet", action="store_true", help="no progress bar")
     hs.set_defaults(func=_cmd_hessian)

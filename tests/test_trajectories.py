@@ -7,8 +7,7 @@ import pytest
 from analysis import hessian_trajectory, ntk_trajectory
 from analysis._trajectories import checkpoint_section
 from curvature import empirical_ntk, hessian_eigh, ntk_matrix
-from training import TrainConfig, open_run, restore, train
-from training._diagnostics import hessian_metric
+from training import TrainConfig, hessian_metric, open_run, restore, train
 
 STEPS = (0, 100, 200)
 
@@ -59,8 +58,13 @@ def test_online_tracking_equals_exact_eigh(run64, exact):
         np.testing.assert_array_equal(ds["eigen_index"], [1, 2, 3])
 
 
-def test_post_hoc_top_k_equals_exact_eigh(run64, exact):
-    result = hessian_trajectory(run64, steps=list(STEPS), k=3)
+@pytest.mark.parametrize("warm", [True, False])
+def test_post_hoc_top_k_equals_exact_eigh(run64, exact, warm):
+    options = {"tol": 1e-8, "num_iterations": 20} if warm else {}
+    result = hessian_trajectory(run64, steps=list(STEPS), k=3, warm=warm, **options)
+    assert ("hessian_restarted" in result) == warm
+    if warm:  # the first checkpoint starts cold, the next ones from the previous vectors
+        np.testing.assert_array_equal(result["hessian_restarted"], [1, 0, 0])
     for step in STEPS:
         _, eig = exact[step]
         np.testing.assert_allclose(

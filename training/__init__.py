@@ -10,6 +10,7 @@ os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
 from training._batched import BATCHED_FIELDS, BatchResult, shape_key, train_batch
 from training._config import DATASETS, DTYPES, MODELS, OPTIMIZERS, TrainConfig
 from training._data import Data, spiral
+from training._diagnostics import hessian_metric, ntk_metric
 from training._metrics import Context, Metric, stateless
 from training._models import Model, Params, mlp
 from training._runfile import STEP_VARIABLES, open_run, sibling_path, write_sibling
@@ -47,10 +48,12 @@ __all__ = [
     "build",
     "config_of",
     "context",
+    "hessian_metric",
     "initial_state",
     "load_data",
     "make_step",
     "mlp",
+    "ntk_metric",
     "open_run",
     "precision",
     "restore",
