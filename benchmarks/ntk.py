@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 
+import _unshadow  # noqa: F401  (first: benchmarks/curvature.py would shadow the package)
 import jax
 import jax.numpy as jnp
 

@@ -23,6 +23,7 @@ import argparse
 import os
 import time
 
+import _unshadow  # noqa: F401  (first: benchmarks/curvature.py would shadow the package)
 import jax
 import jax.numpy as jnp
 

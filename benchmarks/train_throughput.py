@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import _unshadow  # noqa: F401  (first: benchmarks/curvature.py would shadow the package)
 import jax
 import jax.numpy as jnp
 import optax

@@ -1,0 +1,32 @@
+"""Every benchmark script starts: its imports resolve and ``--help`` prints its usage.
+
+The scripts are timed by hand, not in tests, but an import error (for instance
+``benchmarks/curvature.py`` shadowing the ``curvature`` package) would otherwise go unnoticed.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = sorted(p for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_"))
+
+
+def test_all_scripts_found():
+    names = {p.stem for p in SCRIPTS}
+    assert {"curvature", "ntk", "sweep_throughput", "train_throughput"} <= names
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_script_starts(script, tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(script), "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "usage:" in done.stdout
