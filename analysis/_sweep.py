@@ -99,7 +99,14 @@ def check_grid(base: TrainConfig, grid: Mapping[str, Any]) -> dict[str, list]:
                 "grid key 'hidden_widths' is not sweepable; sweep one hidden layer with "
                 "'width' (hidden_widths=(w,)) or run one sweep per architecture."
             )
-        if key in ("output", "hessian_top_k", "ntk_top_k", "projection", "track_every"):
+        if key in (
+            "output",
+            "hessian_top_k",
+            "ntk_top_k",
+            "projection",
+            "hessian_tol",
+            "track_every",
+        ):
             raise ValueError(
                 f"grid key {key!r} cannot be swept (per-run files go to run_files=DIR; "
                 "curvature tracking is off in sweeps)."

@@ -59,6 +59,9 @@ def test_frozen():
         ({"schedule": "saw"}, "schedule must be one of"),
         ({"checkpoint_every": 0}, "checkpoint_every must be an integer >= 1"),
         ({"amplitude": "big"}, "amplitude must be a number"),
+        ({"hessian_top_k": 3, "hessian_tol": 0.0}, r"hessian_tol must be in \(0, 1\) or None"),
+        ({"hessian_top_k": 3, "hessian_tol": 1.0}, r"hessian_tol must be in \(0, 1\) or None"),
+        ({"hessian_tol": 1e-2}, "hessian_tol needs hessian_top_k >= 1"),
     ],
 )
 def test_bad_input(fields, message):

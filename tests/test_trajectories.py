@@ -141,3 +141,25 @@ def test_checkpoint_section_centre(run64):
         float(section.surface.sel(a=0.0, b=0.0)), float(r.loss_fn(r.params)), rtol=1e-12
     )
     assert section.path.sizes["point"] == 4  # checkpoints 0, 100, 200 and the final 201
+
+
+def test_hessian_tol_sets_the_online_tracker_tolerance(tmp_path):
+    base = TrainConfig(
+        hidden_widths=(16,),
+        amplitude=10.0,
+        period=40.0,
+        steps=60,
+        hessian_top_k=2,
+        checkpoint_every=60,
+        dtype="float64",
+    )
+    relres = {}
+    for tol in (1e-1, 1e-7):
+        path = tmp_path / f"tol{tol:g}.nc"
+        train(base.replace(hessian_tol=tol, output=str(path)))
+        ds = open_run(path)
+        assert ds.attrs["config"] == base.replace(hessian_tol=tol, output=str(path)).to_json()
+        values, residuals = ds["hessian_eigenvalues"].values, ds["hessian_residuals"].values
+        relres[tol] = (residuals / np.abs(values))[1:]
+    assert np.max(relres[1e-7]) <= 1e-6  # refined to the tight tolerance (or restarted cold)
+    assert np.median(relres[1e-1]) > 10 * np.median(relres[1e-7])  # the loose one stopped early

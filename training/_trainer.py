@@ -424,9 +424,9 @@ def builtin_metrics(config: TrainConfig) -> NamedMetrics:
     """The diagnostics the configuration asks for (Hessian top-k, projection, NTK top-k)."""
     named: NamedMetrics = []
     if config.hessian_top_k:
-        named.append(
-            ("hessian", hessian_metric(config.hessian_top_k, projection=config.projection))
-        )
+        options = {} if config.hessian_tol is None else {"tol": float(config.hessian_tol)}
+        metric = hessian_metric(config.hessian_top_k, projection=config.projection, **options)
+        named.append(("hessian", metric))
     if config.ntk_top_k:
         named.append(("ntk", ntk_metric(config.ntk_top_k)))
     return named
