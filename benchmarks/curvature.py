@@ -24,11 +24,15 @@ checkpoint to checkpoint (the default) and with ``warm=False`` (cold Lanczos at 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 from pathlib import Path
 
-import _unshadow  # noqa: F401  (first: keeps this file from shadowing the curvature package)
+# First, as benchmarks/curvature.py would shadow the curvature package (see _unshadow.py);
+# dask's worker processes and `python -m` run without this folder on the path.
+with contextlib.suppress(ModuleNotFoundError):
+    import _unshadow  # noqa: F401
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -134,7 +138,7 @@ def measure(width: int, steps: int, dtype: str) -> None:
         )
 
 
-def post_hoc(width: int, checkpoints: int = 100) -> None:
+def post_hoc(width: int, checkpoints: int, dtype: str) -> None:
     """Top-3 at every checkpoint of a saved run: ``hessian_trajectory`` wall time."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "run.nc"
@@ -145,6 +149,7 @@ def post_hoc(width: int, checkpoints: int = 100) -> None:
                 checkpoint_every=10,
                 amplitude=70.0,
                 period=2000.0,
+                dtype=dtype,
                 output=str(path),
             )
         )
@@ -191,7 +196,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
-    steps = args.steps + [args.steps[-1]] * (len(args.widths) - len(args.steps))
+    steps = (args.steps + [args.steps[-1]] * len(args.widths))[: len(args.widths)]
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {args.dtype}")
     print(
         f"{'width':>6} {'what':<22} {'us/step':>9} {'cost':>7} {'/3x':>7} "
@@ -200,7 +205,7 @@ def main() -> None:
     for width, n in zip(args.widths, steps, strict=True):
         measure(width, n, args.dtype)
     for width in args.widths:
-        post_hoc(width, args.checkpoints)
+        post_hoc(width, args.checkpoints, args.dtype)
     if args.exact:
         for width in args.widths:
             exact_chunks(width, args.dtype)

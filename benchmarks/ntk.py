@@ -19,13 +19,17 @@ kernel plus one block of per-sample Jacobians.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import subprocess
 import sys
 import time
 
-import _unshadow  # noqa: F401  (first: benchmarks/curvature.py would shadow the package)
+# First, as benchmarks/curvature.py would shadow the curvature package (see _unshadow.py);
+# dask's worker processes and `python -m` run without this folder on the path.
+with contextlib.suppress(ModuleNotFoundError):
+    import _unshadow  # noqa: F401
 import jax
 import jax.numpy as jnp
 

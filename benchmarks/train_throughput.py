@@ -16,9 +16,13 @@ step).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
-import _unshadow  # noqa: F401  (first: benchmarks/curvature.py would shadow the package)
+# First, as benchmarks/curvature.py would shadow the curvature package (see _unshadow.py);
+# dask's worker processes and `python -m` run without this folder on the path.
+with contextlib.suppress(ModuleNotFoundError):
+    import _unshadow  # noqa: F401
 import jax
 import jax.numpy as jnp
 import optax

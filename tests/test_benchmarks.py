@@ -30,3 +30,21 @@ def test_script_starts(script, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "usage:" in done.stdout
+
+
+def test_sweep_benchmark_starts_dask_workers(tmp_path):
+    # Worker processes re-run the script without the benchmarks folder on their path.
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "sweep_throughput.py"),
+            *("--steps", "20", "--widths", "10", "--runs", "2", "--lanes", "1"),
+            *("--dask-runs", "2"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "dask 2w (warm)" in done.stdout
