@@ -45,6 +45,11 @@ def _select_steps(ds: xr.Dataset, steps: Sequence[int] | None) -> np.ndarray:
     if steps is None:
         return saved
     steps = np.atleast_1d(np.asarray(steps, np.int64))
+    if steps.size == 0:
+        raise ValueError(
+            f"steps is empty; name at least one saved checkpoint (saved steps are "
+            f"{saved.tolist()[:8]}{' …' if saved.size > 8 else ''}), or pass None for all."
+        )
     missing = sorted(set(steps.tolist()) - set(saved.tolist()))
     if missing:
         raise ValueError(

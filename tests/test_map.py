@@ -138,6 +138,8 @@ def test_append_and_merge(run):
 def test_bad_inputs(run):
     with pytest.raises(ValueError, match=r"steps \[51\] are not saved checkpoints"):
         map_checkpoints(run, grad_cosine, steps=[51])
+    with pytest.raises(ValueError, match=r"steps is empty; name at least one saved checkpoint"):
+        map_checkpoints(run, grad_cosine, steps=[])
     with pytest.raises(ValueError, match="a lambda has no name"):
         map_checkpoints(run, lambda ctx: 1.0)
     with pytest.raises(ValueError, match="batch must be an integer >= 1"):

@@ -90,10 +90,10 @@ def hessian_metric(
 ) -> Metric:
     """Top-k Hessian eigenpairs at each evaluated step (and the gradient projection).
 
-    ``warm=True`` (training): :func:`curvature.hessian_tracker`, warm-started from the last
-    evaluation's eigenvectors, with a cold restart when residuals grow. ``warm=False`` (post
-    hoc, checkpoints far apart): a cold :func:`curvature.hessian_top_k` Lanczos every time.
-    ``options`` go to the tracker or to ``hessian_top_k``.
+    ``warm=True`` (training, and post hoc by default): :func:`curvature.hessian_tracker`,
+    warm-started from the last evaluation's eigenvectors, with a cold restart when residuals
+    grow. ``warm=False`` (post hoc on request): a cold :func:`curvature.hessian_top_k`
+    Lanczos every time. ``options`` go to the tracker or to ``hessian_top_k``.
     """
     if warm:
         tracker = hessian_tracker(k, **options)
