@@ -19,32 +19,31 @@ def test_all_scripts_found():
     assert {"curvature", "ntk", "sweep_throughput", "train_throughput"} <= names
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
-def test_script_starts(script, tmp_path):
+def _run(script: Path, *args: str, cwd: Path, timeout: int) -> subprocess.CompletedProcess:
     done = subprocess.run(
-        [sys.executable, str(script), "--help"],
-        cwd=tmp_path,
+        [sys.executable, str(script), *args],
+        cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
     assert done.returncode == 0, done.stderr
+    return done
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_script_starts(script, tmp_path):
+    done = _run(script, "--help", cwd=tmp_path, timeout=120)
     assert "usage:" in done.stdout
 
 
 def test_sweep_benchmark_starts_dask_workers(tmp_path):
     # Worker processes re-run the script without the benchmarks folder on their path.
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(BENCHMARKS / "sweep_throughput.py"),
-            *("--steps", "20", "--widths", "10", "--runs", "2", "--lanes", "1"),
-            *("--dask-runs", "2"),
-        ],
+    done = _run(
+        BENCHMARKS / "sweep_throughput.py",
+        *("--steps", "20", "--widths", "10", "--runs", "2", "--lanes", "1"),
+        *("--dask-runs", "2"),
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
         timeout=600,
     )
-    assert done.returncode == 0, done.stderr
     assert "dask 2w (warm)" in done.stdout

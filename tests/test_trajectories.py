@@ -157,10 +157,10 @@ def test_hessian_tol_sets_the_online_tracker_tolerance(tmp_path):
     )
     relres = {}
     for tol in (1e-1, 1e-7):
-        path = tmp_path / f"tol{tol:g}.nc"
-        train(base.replace(hessian_tol=tol, output=str(path)))
-        ds = open_run(path)
-        assert ds.attrs["config"] == base.replace(hessian_tol=tol, output=str(path)).to_json()
+        config = base.replace(hessian_tol=tol, output=str(tmp_path / f"tol{tol:g}.nc"))
+        train(config)
+        ds = open_run(config.output)
+        assert ds.attrs["config"] == config.to_json()
         values, residuals = ds["hessian_eigenvalues"].values, ds["hessian_residuals"].values
         relres[tol] = (residuals / np.abs(values))[1:]
     assert np.max(relres[1e-7]) <= 1e-6  # refined to the tight tolerance (or restarted cold)
