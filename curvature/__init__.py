@@ -18,7 +18,7 @@ from curvature._hessian import (
     hvp,
     unravel_eigenvectors,
 )
-from curvature._lanczos import hessian_top_k
+from curvature._lanczos import Krylov, hessian_top_k, lanczos
 from curvature._ntk import (
     AUTO_JACOBIAN_MAX_BYTES,
     IMPLEMENTATIONS,
@@ -53,6 +53,7 @@ __all__ = [
     "Eigen",
     "FlatOperator",
     "GradientProjection",
+    "Krylov",
     "NTKEigen",
     "NTKSpectrum",
     "NTKTrack",
@@ -71,6 +72,7 @@ __all__ = [
     "hessian_top_k",
     "hessian_tracker",
     "hvp",
+    "lanczos",
     "landscape_section",
     "loss_ntk",
     "ntk_matrix",

@@ -7,10 +7,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
-from matfree import decomp
 
 from curvature._hessian import LossFn, PyTree, hessian_operator
-from curvature._lanczos import REORTHO
+from curvature._lanczos import REORTHO, lanczos
 
 
 class Density(NamedTuple):
@@ -69,9 +68,11 @@ def spectral_density(
     """The Hessian's eigenvalue density by stochastic Lanczos quadrature.
 
     For each of ``num_probes`` Rademacher probe vectors, ``num_matvecs`` Lanczos steps
-    (``matfree.decomp.tridiag_sym``) give a tridiagonal matrix whose eigenvalues are the
-    quadrature nodes and whose squared first eigenvector components are the weights; the
-    density is the probe average of weighted Gaussians (Ghorbani, Krishnan & Xiao 2019).
+    (:func:`lanczos`) give a tridiagonal matrix whose eigenvalues are the quadrature nodes
+    and whose squared first eigenvector components are the weights; the density is the
+    probe average of weighted Gaussians (Ghorbani, Krishnan & Xiao 2019). Where a probe's
+    Krylov space is exhausted early (a low-rank Hessian), Lanczos restarts and the extra
+    nodes get zero weight.
 
     Args:
         loss_fn: scalar function of the parameters.
@@ -112,11 +113,11 @@ def spectral_density(
     if sigma is not None and not sigma > 0:
         raise ValueError(f"sigma must be > 0 (got {sigma!r}).")
     op = hessian_operator(loss_fn, params)
-    tridiag = decomp.tridiag_sym(num_matvecs, reortho=reortho, custom_vjp=False)
+    algorithm = lanczos(num_matvecs, reortho=reortho)
     probes = jax.random.rademacher(key, (num_probes, p), dtype=flat.dtype)
 
     def quadrature(probe: jax.Array) -> tuple[jax.Array, jax.Array]:
-        values, vectors = jnp.linalg.eigh(tridiag(op.matvec, probe).J_small)
+        values, vectors = jnp.linalg.eigh(algorithm(op.matvec, probe).matrix)
         return values, vectors[0, :] ** 2
 
     ritz_values, ritz_weights = jax.lax.map(quadrature, probes)

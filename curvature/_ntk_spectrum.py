@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental.sparse.linalg import lobpcg_standard
-from matfree import decomp
 
+from curvature._lanczos import lanczos
 from curvature._ntk import ApplyFn, ntk_matrix, ntk_operator, output_shape
 
 PyTree = Any
@@ -160,12 +160,12 @@ def top_k_eigh(
         v0: start, (M,) for Lanczos or (M, k) for LOBPCG (a (M,) vector is widened with
             deterministic pseudo-random columns).
         k: number of eigenpairs.
-        method: ``"lanczos"`` (matfree ``tridiag_sym`` with full reorthogonalisation, then the
-            Ritz pairs of the tridiagonal matrix) or ``"lobpcg"``
+        method: ``"lanczos"`` (:func:`~curvature.lanczos`, full reorthogonalisation and
+            restarts at breakdown, then the Ritz pairs of the projected matrix) or ``"lobpcg"``
             (``jax.experimental.sparse.linalg.lobpcg_standard``).
-        num_iterations: Krylov depth for Lanczos (default ``min(M, max(2k + 20, 40))``; it must
-            stay below the rank of the operator plus one, else the recurrence breaks down and
-            NaN shows in the result) or the LOBPCG iteration cap (default 100).
+        num_iterations: Krylov depth for Lanczos (default ``min(M, max(2k + 20, 40))``; a
+            depth above the operator's rank is fine, the recurrence restarts) or the LOBPCG
+            iteration cap (default 100).
 
     Returns:
         :class:`NTKEigen` with eigenvalues (k,) descending, eigenvectors (k, M), residuals (k,).
@@ -177,12 +177,11 @@ def top_k_eigh(
     if method == "lanczos":
         depth = min(dim, max(2 * k + 20, 40)) if num_iterations is None else num_iterations
         start = v0 if v0.ndim == 1 else v0[:, 0]
-        algo = decomp.tridiag_sym(depth, reortho="full", materialize=True, custom_vjp=False)
-        result = algo(lambda v: matvec(v[:, None])[:, 0], start)
-        ritz, small = jnp.linalg.eigh(result.J_small)
+        basis, matrix = lanczos(depth)(lambda v: matvec(v[:, None])[:, 0], start)
+        ritz, small = jnp.linalg.eigh(matrix)
         order = jnp.argsort(ritz)[::-1][:k]
         values = ritz[order]
-        vectors = (result.Q_tall.T @ small[:, order]).T  # Q_tall is (depth, M)
+        vectors = (basis.T @ small[:, order]).T  # basis is (depth, M)
     elif method == "lobpcg":
         iters = 100 if num_iterations is None else num_iterations
         block = v0 if v0.ndim == 2 else _widen(v0, k)

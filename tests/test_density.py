@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.stats import wasserstein_distance
-from test_lanczos import spiral_problem
+from test_lanczos import _least_squares, spiral_problem
 
 from curvature import broaden, hessian_eigh, spectral_density
 
@@ -38,6 +38,18 @@ def test_diagonal_density_and_rebroadening(x64):
     wide = broaden(dens.ritz_values, dens.ritz_weights, grid, 0.3)
     np.testing.assert_allclose(np.trapezoid(wide, grid), 1.0, atol=1e-12)
     assert float(grid[jnp.argmax(wide)]) == pytest.approx(-1.0, abs=0.05)
+
+
+def test_low_rank_density_puts_all_mass_on_the_spectrum(x64):
+    # Rank 5 (95 zero eigenvalues): each probe's Krylov space is exhausted after 6 steps.
+    loss, w, a = _least_squares()
+    exact = np.linalg.eigvalsh(a)
+    dens = spectral_density(loss, w, num_probes=4, num_matvecs=30, key=jax.random.key(0))
+    assert np.all(np.isfinite(dens.density))
+    values, weights = np.asarray(dens.ritz_values), np.asarray(dens.ritz_weights)
+    assert values.max() <= exact.max() * (1 + 1e-12) and values.min() >= -1e-12
+    w1 = wasserstein_distance(values.ravel(), exact, u_weights=weights.ravel())
+    assert w1 < 0.05 * exact.max()
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from curvature import hessian_eigh, hessian_top_k, unravel_eigenvectors
+from curvature import hessian_eigh, hessian_top_k, lanczos, unravel_eigenvectors
 
 GAMMA = (2.5, 0.25, 0.25)
 
@@ -120,6 +120,54 @@ def test_mlp_states_match_dense_eigh(x64):
         assert np.max(eig.residuals / np.abs(eig.eigenvalues)) < 1e-10
         tree = unravel_eigenvectors(eig.eigenvectors, params)
         assert tree["w1"].shape == (3, 2, 100)
+
+
+def _least_squares(num_samples=5, p=100, seed=0):
+    """Linear least squares with fewer samples than parameters: a Hessian of rank 5."""
+    x = jnp.asarray(np.random.default_rng(seed).standard_normal((num_samples, p)))
+    return (lambda w: 0.5 * jnp.mean((x @ w) ** 2)), jnp.zeros(p), np.asarray(x.T @ x) / 5
+
+
+@pytest.mark.parametrize("reortho", ["full", "none"])
+def test_krylov_basis_stays_orthonormal_past_breakdown(x64, reortho):
+    # The Krylov space of a rank-5 matrix is exhausted after 6 steps; 40 steps must restart
+    # (plain Lanczos normalises rounding noise here: Ritz values far outside the spectrum).
+    _, _, a = _least_squares()
+    exact = np.linalg.eigvalsh(a)
+    for v0 in (jax.random.normal(jax.random.key(0), (100,)), jnp.zeros(100)):
+        basis, matrix = jax.jit(lanczos(40, reortho=reortho), static_argnums=0)(lambda u: a @ u, v0)
+        ritz = np.linalg.eigvalsh(np.asarray(matrix))
+        assert ritz.max() <= exact.max() * (1 + 1e-12) and ritz.min() >= -1e-12
+        assert ritz.max() == pytest.approx(exact.max(), rel=1e-12)
+        if reortho == "full":
+            basis = np.asarray(basis)
+            np.testing.assert_allclose(basis @ basis.T, np.eye(40), atol=1e-13)
+            np.testing.assert_allclose(basis @ a @ basis.T, matrix, atol=1e-12)
+
+
+def test_low_rank_and_scalar_hessians_match_eigh(x64):
+    loss, w, a = _least_squares()
+    eig = hessian_top_k(loss, w, 3)
+    exact = np.sort(np.linalg.eigvalsh(a))[::-1]
+    np.testing.assert_allclose(eig.eigenvalues, exact[:3], rtol=1e-12)
+    assert np.max(eig.residuals) < 1e-12 * exact[0]
+    low = hessian_top_k(loss, w, 2, which="smallest")
+    np.testing.assert_allclose(low.eigenvalues, 0.0, atol=1e-12)
+    for scale in (3.0, 0.0):
+        flat = hessian_top_k(lambda z, c=scale: 0.5 * c * jnp.sum(z**2), jnp.zeros(30), 2)
+        np.testing.assert_allclose(flat.eigenvalues, scale, atol=1e-12)
+        assert np.all(np.isfinite(flat.eigenvectors))
+    zero_start = hessian_top_k(loss, w, 3, v0=jnp.zeros(100))
+    np.testing.assert_allclose(zero_start.eigenvalues, exact[:3], rtol=1e-12)
+
+
+def test_lanczos_rejects_bad_depth():
+    with pytest.raises(ValueError, match=r"num_matvecs must be a positive integer \(got 0\)"):
+        lanczos(0)
+    with pytest.raises(ValueError, match=r"num_matvecs must be <= P = 4.*\(got 5\)"):
+        lanczos(5)(lambda u: u, jnp.ones(4))
+    with pytest.raises(ValueError, match=r"reortho must be 'full'"):
+        lanczos(3, reortho="partial")
 
 
 def test_width_1000_is_matrix_free_with_small_residuals():

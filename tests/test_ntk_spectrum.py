@@ -90,6 +90,17 @@ def test_top_k_eigh_on_a_known_spectrum(x64):
         assert float(jnp.max(result.residuals)) <= 1e-8
 
 
+def test_lanczos_deeper_than_the_rank(x64):
+    """A rank-4 operator and 30 Lanczos steps: the recurrence restarts, no spurious values."""
+    u = jax.random.normal(jax.random.PRNGKey(2), (30, 4))
+    matrix = u @ u.T
+    exact = np.sort(np.linalg.eigvalsh(np.asarray(matrix)))[::-1]
+    result = top_k_eigh(lambda v: matrix @ v, jnp.ones(30), 6, num_iterations=30)
+    np.testing.assert_allclose(result.eigenvalues[:4], exact[:4], rtol=1e-10)
+    np.testing.assert_allclose(result.eigenvalues[4:], 0.0, atol=1e-10)
+    assert float(jnp.max(result.residuals)) <= 1e-10
+
+
 @pytest.mark.parametrize(
     ("k", "method", "message"),
     [
