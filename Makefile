@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/dynloss demo
+	$(BIN)/dynloss demo --overwrite
 
 test: $(STAMP)
 	MPLBACKEND=Agg $(BIN)/python -m pytest -q

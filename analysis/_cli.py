@@ -198,7 +198,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"A={config.amplitude:g} T={config.period:g}, {config.steps} steps of GD "
         f"(lr {config.learning_rate:g}); oscillations stop at step {config.stop_after}"
     )
-    ds = _run_training(config, overwrite=True, quiet=args.quiet)
+    ds = _run_training(config, overwrite=args.overwrite, quiet=args.quiet)
     ntk = ntk_trajectory(run_path, k=1, append=True, progress=not args.quiet)
     ds = open_run(run_path)  # with the NTK sibling merged
     onsets = detect_onsets(ds)
@@ -244,7 +244,13 @@ def load_function(spec: str) -> Callable:
         module = importlib.util.module_from_spec(loader_spec)
         loader_spec.loader.exec_module(module)
     else:
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise ValueError(
+                f"cannot import module {module_name!r} (from {spec!r}): {error}; give an "
+                "importable module or a path to a .py file."
+            ) from error
     if not hasattr(module, attr):
         raise ValueError(f"{module_name!r} has no attribute {attr!r} (from {spec!r}).")
     return getattr(module, attr)
@@ -256,16 +262,39 @@ def parse_steps(tokens: Sequence[str] | None, saved: np.ndarray) -> list[int] | 
         return None
     chosen: list[int] = []
     for token in tokens:
-        if ":" in token:
+        try:
             parts = [int(p) if p else None for p in token.split(":")]
-            if len(parts) not in (2, 3):
-                raise ValueError(f"--steps range must be start:stop[:stride] (got {token!r}).")
-            start, stop = parts[0] or 0, parts[1] if parts[1] is not None else int(saved.max()) + 1
-            stride = parts[2] if len(parts) == 3 and parts[2] else 1
-            chosen += [int(s) for s in saved if start <= s < stop and (s - start) % stride == 0]
-        else:
-            chosen.append(int(token))
+            if parts == [None]:
+                raise ValueError(token)
+        except ValueError:
+            raise ValueError(
+                f"--steps takes integers and start:stop[:stride] ranges (got {token!r})."
+            ) from None
+        if len(parts) == 1 and parts[0] is not None:
+            chosen.append(parts[0])
+            continue
+        if len(parts) not in (2, 3):
+            raise ValueError(f"--steps range must be start:stop[:stride] (got {token!r}).")
+        start, stop = parts[0] or 0, parts[1] if parts[1] is not None else int(saved.max()) + 1
+        stride = parts[2] if len(parts) == 3 and parts[2] is not None else 1
+        if stride < 1:
+            raise ValueError(f"--steps stride must be a positive integer (got {token!r}).")
+        chosen += [int(s) for s in saved if start <= s < stop and (s - start) % stride == 0]
+    if not chosen:
+        raise ValueError(
+            f"--steps {' '.join(tokens)} selects no saved checkpoint; saved steps are "
+            f"{saved.tolist()[:8]}{' …' if saved.size > 8 else ''}."
+        )
     return sorted(set(chosen))
+
+
+def _add_overwrite_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace earlier results of another shape (default: merge results of the same "
+        "shape, steps computed again replaced, and refuse the rest)",
+    )
 
 
 def _cmd_map(args: argparse.Namespace) -> int:
@@ -276,7 +305,14 @@ def _cmd_map(args: argparse.Namespace) -> int:
     steps = parse_steps(args.steps, ds["checkpoint_step"].values)
     name = args.name or args.function.rpartition(":")[2]
     result = map_checkpoints(
-        args.run, fn, steps=steps, batch=args.batch, name=name, append=True, progress=not args.quiet
+        args.run,
+        fn,
+        steps=steps,
+        batch=args.batch,
+        name=name,
+        append=True,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
     )
     print(
         f"{name}: {result.sizes['step']} checkpoint(s), variables "
@@ -320,6 +356,7 @@ def _cmd_hessian(args: argparse.Namespace) -> int:
         projection=not args.no_projection,
         density=args.density,
         append=True,
+        overwrite=args.overwrite,
         progress=not args.quiet,
     )
     print(_eigen_table(result, "hessian_eigenvalues", "eigen_index"))
@@ -333,6 +370,8 @@ def _cmd_ntk(args: argparse.Namespace) -> int:
     from analysis._trajectories import ntk_trajectory
     from training import sibling_path
 
+    if args.k < 1:
+        raise ValueError(f"--k must be a positive integer (got {args.k}).")
     ds = open_run(args.run)
     steps = parse_steps(args.steps, ds["checkpoint_step"].values)
     result = ntk_trajectory(
@@ -343,6 +382,7 @@ def _cmd_ntk(args: argparse.Namespace) -> int:
         eigenvectors=args.eigenvectors,
         subset=args.subset,
         append=True,
+        overwrite=args.overwrite,
         progress=not args.quiet,
     )
     if args.full:
@@ -405,7 +445,8 @@ def _cmd_detect(args: argparse.Namespace) -> int:
             f"threshold λ_th = {th.mean:.4g} ± {th.std:.2g} (n = {th.count}); "
             f"2/η = {2 / eta:.4g}; λ_th·η/2 = {th.mean * eta / 2:.3f}"
         )
-    path = write_sibling(args.run, f"onsets-{args.method}", onsets)
+    # A detection describes the whole run: a new one replaces the last one of this method.
+    path = write_sibling(args.run, f"onsets-{args.method}", onsets, overwrite=True)
     print(f"wrote {path}")
     return 0
 
@@ -517,6 +558,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         from analysis._trajectories import checkpoint_section
 
         step = _one_step(args, ds)
+        if args.near is not None and args.near < 0:
+            raise ValueError(f"--near must be a number of steps >= 0 (got {args.near}).")
         section = checkpoint_section(ds, step, extent=args.extent, window=args.near)
         fig = _plots.plot_landscape_section(section.surface, section.path)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -578,12 +621,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=raw,
         epilog=_examples("""
             dynloss demo
-            dynloss demo --steps 20000 --output-dir /tmp/demo
+            dynloss demo --steps 20000 --output-dir /tmp/demo --overwrite
         """),
     )
     demo.add_argument("--output-dir", default="runs/demo", help="default: runs/demo")
     demo.add_argument("--steps", type=int, default=None, help="shorter run (default 28000)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing demo.nc and its post-hoc results (make demo does)",
+    )
     demo.set_defaults(func=_cmd_demo)
 
     tr = sub.add_parser(
@@ -639,6 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--name", default=None, help="variable name (default: the function's)")
     mp.add_argument("--batch", type=int, default=None, help="checkpoints per vmapped batch")
     mp.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_overwrite_option(mp)
     mp.set_defaults(func=_cmd_map)
 
     steps_help = "checkpoint steps: integers or start:stop[:stride] (default: all)"
@@ -664,6 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hs.add_argument("--no-projection", action="store_true", help="skip the gradient projection")
     hs.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_overwrite_option(hs)
     hs.set_defaults(func=_cmd_hessian)
 
     nk = sub.add_parser(
@@ -691,6 +741,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="use N training samples evenly spaced through the training set",
     )
     nk.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_overwrite_option(nk)
     nk.set_defaults(func=_cmd_ntk)
 
     dt = sub.add_parser(
@@ -768,9 +819,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from analysis._map import DiagnosticError
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError) as error:
+    except (ValueError, OSError, DiagnosticError) as error:
+        # OSError: missing, existing, unreadable or unwritable files (the message names them).
         print(f"dynloss {args.command}: error: {error}", file=sys.stderr)
         return 2
 

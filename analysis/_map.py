@@ -56,7 +56,7 @@ def _select_steps(ds: xr.Dataset, steps: Sequence[int] | None) -> np.ndarray:
             f"steps {missing[:8]} are not saved checkpoints of this run; saved steps are "
             f"{saved.tolist()[:8]}{' …' if saved.size > 8 else ''}."
         )
-    return steps
+    return np.unique(steps)  # sorted, each step once (a run file's step index is unique)
 
 
 def _dataset(
@@ -88,6 +88,7 @@ def map_checkpoints(
     batch: int | None = None,
     name: str | None = None,
     append: bool = False,
+    overwrite: bool = False,
     progress: bool = False,
 ) -> xr.Dataset:
     """Evaluate a diagnostic ``fn(ctx)`` at saved checkpoints of a run.
@@ -108,11 +109,15 @@ def map_checkpoints(
     Args:
       run: a run file path or an opened run Dataset.
       fn: the diagnostic.
-      steps: checkpoint steps to evaluate (default: all saved ones).
+      steps: checkpoint steps to evaluate (default: all saved ones), taken in increasing
+        order, each once.
       batch: checkpoints per vmapped batch.
       name: variable name (default: ``fn.__name__``).
       append: also write the result next to the run as ``RUN.<name>.nc`` (merged by
-        ``open_run``); needs ``run`` to be a path.
+        ``open_run``); needs ``run`` to be a path. An existing ``RUN.<name>.nc`` of the same
+        shape keeps its other steps; one of another shape is refused (see
+        :func:`training.write_sibling`).
+      overwrite: with ``append``, replace an existing ``RUN.<name>.nc`` whatever it holds.
       progress: show a progress bar.
 
     Returns:
@@ -131,9 +136,15 @@ def map_checkpoints(
     name = name or getattr(fn, "__name__", None) or "diagnostic"
     if name == "<lambda>":
         raise ValueError("a lambda has no name; pass name='...' to map_checkpoints.")
-    ds = open_run(run) if isinstance(run, str | Path) else run
-    config = config_of(ds)
-    selected = _select_steps(ds, steps).tolist()
+    opened = isinstance(run, str | Path)
+    ds = open_run(run) if opened else run
+    try:
+        config = config_of(ds)
+        selected = _select_steps(ds, steps).tolist()
+    except Exception:
+        if opened:
+            ds.close()
+        raise
     index = {int(s): i for i, s in enumerate(ds["checkpoint_step"].values)}
     flat_params = ds["params"]
     with precision(config.dtype):
@@ -155,21 +166,27 @@ def map_checkpoints(
                 _run_stateful(problem, template, metric, selected, params_at, rows, bar)
         except _StepError as failure:
             partial = _dataset(name, metric, selected, rows, ds.attrs)
-            if append:
-                write_sibling(run, name, partial)
+            written = ""
+            if append and rows:
+                try:  # merged with earlier results of the same shape, never replacing them
+                    write_sibling(run, name, partial, overwrite=False)
+                    written = " and were merged into the results next to the run"
+                except FileExistsError:
+                    written = " (not written: the results next to the run differ in shape)"
             raise DiagnosticError(
                 f"diagnostic {name!r} failed at step {failure.step}: "
-                f"{type(failure.error).__name__}: {failure.error}. Results of the "
-                f"{len(rows)} checkpoint(s) before it are in error.partial"
-                + (" and were written next to the run." if append else "."),
+                f"{type(failure.error).__name__}: {str(failure.error).rstrip('.')}. Results of "
+                f"the {len(rows)} checkpoint(s) before it are in error.partial{written}.",
                 failure.step,
                 partial,
             ) from failure.error
         finally:
             bar.close()
+            if opened:  # the run file is not held open after the call
+                ds.close()
     result = _dataset(name, metric, selected, rows, ds.attrs)
     if append:
-        write_sibling(run, name, result)
+        write_sibling(run, name, result, overwrite=overwrite)
     return result
 
 

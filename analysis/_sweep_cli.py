@@ -124,7 +124,16 @@ def _cmd_phase(args: argparse.Namespace) -> int:
         if not sep or key not in ds.coords:
             raise ValueError(f"--sel must be DIM=VALUE with DIM a sweep dimension (got {item!r}).")
         kind = ds[key].dtype.kind
-        selection[key] = value if kind in "OUS" else ds[key].dtype.type(value)
+        try:
+            chosen = value if kind in "OUS" else ds[key].dtype.type(value)
+        except ValueError:
+            chosen = None
+        if chosen is None or chosen not in ds[key].values:
+            raise ValueError(
+                f"--sel {item!r}: {value!r} is not a value of {key!r}; its values are "
+                f"{ds[key].values.tolist()}."
+            )
+        selection[key] = chosen
     if selection:
         ds = ds.sel(selection)
     phase = phase_diagram(ds, args.metric, args.x, args.y)

@@ -28,22 +28,29 @@ POST_HOC_ITERATIONS = 20
 :func:`hessian_trajectory`): checkpoints lie further apart than training steps."""
 
 
+DENSITY_NUM_MATVECS = 80
+"""Default Lanczos depth of the post-hoc SLQ density (capped at the number of parameters)."""
+
+
 def _density_metric(
     num_probes: int,
-    num_matvecs: int,
+    num_matvecs: int | None,
     num_points: int,
     sigma: float | None,
 ) -> Metric:
+    """SLQ density; ``num_matvecs=None`` is ``min(DENSITY_NUM_MATVECS, P)``."""
+
     def init(ctx: Context) -> tuple:
         return ()
 
     def update(ctx: Context, state: tuple) -> tuple[dict, tuple]:
         key = jax.random.fold_in(jax.random.key(ctx.config.seed), 3)
+        size = sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(ctx.params))
         d = spectral_density(
             ctx.loss_fn,
             ctx.params,
             num_probes=num_probes,
-            num_matvecs=num_matvecs,
+            num_matvecs=min(DENSITY_NUM_MATVECS, size) if num_matvecs is None else num_matvecs,
             num_points=num_points,
             sigma=sigma,
             key=key,
@@ -78,10 +85,11 @@ def hessian_trajectory(
     projection: bool = True,
     density: bool = False,
     num_probes: int = 8,
-    num_matvecs: int | None = None,
+    density_num_matvecs: int | None = None,
     num_points: int = 400,
     sigma: float | None = None,
     append: bool = False,
+    overwrite: bool = False,
     progress: bool = False,
     **options: Any,
 ) -> xr.Dataset:
@@ -104,11 +112,20 @@ def hessian_trajectory(
     checkpoints. 101 checkpoints of the width-1000 spiral MLP take 3.5–3.7 s warm against
     9.0–9.4 s cold, compilation included (benchmarks/curvature.py). ``options`` go to
     ``hessian_tracker`` (warm: ``tol``, ``num_iterations``, ...) or ``hessian_top_k`` (cold:
-    ``num_matvecs``, ...).
+    ``num_matvecs``, ...). The density's Lanczos depth is ``density_num_matvecs`` (default
+    ``min(80, P)``).
+
+    ``append=True`` writes the result to ``RUN.hessian.nc``, keeping the steps of an earlier
+    result of the same shape; ``overwrite=True`` replaces it whatever it holds (see
+    :func:`training.write_sibling`).
     """
     if warm:
-        dataset = open_run(run) if isinstance(run, str | Path) else run
-        eps = float(np.finfo(config_of(dataset).dtype).eps)
+        if isinstance(run, str | Path):
+            with open_run(run, siblings=False) as dataset:
+                dtype = config_of(dataset).dtype
+        else:
+            dtype = config_of(run).dtype
+        eps = float(np.finfo(dtype).eps)
         options = {"tol": float(np.sqrt(eps)), "num_iterations": POST_HOC_ITERATIONS, **options}
         if steps is not None:  # each checkpoint warm-starts the next: go forward in time
             steps = sorted({int(s) for s in np.atleast_1d(np.asarray(steps))})
@@ -124,13 +141,13 @@ def hessian_trajectory(
     if density:
         dens = map_checkpoints(
             run,
-            _density_metric(num_probes, num_matvecs or 80, num_points, sigma),
+            _density_metric(num_probes, density_num_matvecs, num_points, sigma),
             steps=steps,
             name="hessian_density",
             progress=progress,
         )
         result = xr.merge([result, dens])
-    return _finish(run, result, "hessian", append)
+    return _finish(run, result, "hessian", append, overwrite)
 
 
 def _on_subset(metric: Metric, subset: np.ndarray | None) -> Metric:
@@ -192,6 +209,7 @@ def ntk_trajectory(
     subset: int | None = None,
     batch: int | None = None,
     append: bool = False,
+    overwrite: bool = False,
     progress: bool = False,
     **options: Any,
 ) -> xr.Dataset:
@@ -204,11 +222,15 @@ def ntk_trajectory(
     ``eigenvectors=True`` ``ntk_eigenvectors(step, ntk_mode, ntk_row)``. ``subset=n`` uses
     ``n`` training samples evenly spaced through the (class-sorted) training set, so a kernel
     too large to form becomes affordable; the stability factors then use ``N = n``.
+    ``append``/``overwrite``: as :func:`hessian_trajectory`, into ``RUN.ntk.nc``.
     """
     if eigenvectors and not full:
         raise ValueError("eigenvectors=True needs full=True (the full kernel's eigenvectors).")
-    ds = open_run(run) if isinstance(run, str | Path) else run
-    config = config_of(ds)
+    if isinstance(run, str | Path):
+        with open_run(run, siblings=False) as ds:
+            config = config_of(ds)
+    else:
+        config = config_of(run)
     num_samples = config.points_per_class * config.num_classes
     index = None
     if subset is not None:
@@ -224,11 +246,11 @@ def ntk_trajectory(
             _ntk_full_metric(eigenvectors, config.learning_rate, num_samples), index
         )
         result = map_checkpoints(
-            ds, metric, steps=steps, name="ntk", batch=batch or 1, progress=progress
+            run, metric, steps=steps, name="ntk", batch=batch or 1, progress=progress
         )
     else:
         result = map_checkpoints(
-            ds,
+            run,
             _on_subset(ntk_metric(k, warm=False, **options), index),
             steps=steps,
             name="ntk",
@@ -236,7 +258,7 @@ def ntk_trajectory(
             progress=progress,
         )
         result = result.drop_vars("ntk_restarted")
-    return _finish(run, result, "ntk", append)
+    return _finish(run, result, "ntk", append, overwrite)
 
 
 def checkpoint_section(
@@ -278,7 +300,7 @@ def checkpoint_section(
     )
 
 
-def _finish(run: Any, result: xr.Dataset, kind: str, append: bool) -> xr.Dataset:
+def _finish(run: Any, result: xr.Dataset, kind: str, append: bool, overwrite: bool) -> xr.Dataset:
     for dim in ("eigen_index", "ntk_eigen_index", NTK_MODE):
         if dim in result.dims:
             result = result.assign_coords({dim: np.arange(1, result.sizes[dim] + 1)})
@@ -287,5 +309,5 @@ def _finish(run: Any, result: xr.Dataset, kind: str, append: bool) -> xr.Dataset
             raise ValueError("append=True needs the run's file path, not an opened Dataset.")
         from training import write_sibling
 
-        write_sibling(run, kind, result)
+        write_sibling(run, kind, result, overwrite=overwrite)
     return result

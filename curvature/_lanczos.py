@@ -22,6 +22,11 @@ REORTHO = ("full", "none")
 DEFAULT_NUM_MATVECS = 64
 
 
+def default_num_matvecs(k: int, p: int) -> int:
+    """Default Krylov depth for k eigenpairs of P parameters: ``min(P, max(64, 2k + 20))``."""
+    return min(p, max(DEFAULT_NUM_MATVECS, 2 * k + 20))
+
+
 def check_k(k: object, p: int) -> None:
     """Reject a number of eigenpairs outside 1..P with a message naming both."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k > p:
@@ -262,7 +267,7 @@ def hessian_top_k(
             f"recurrence) (got {reortho!r})."
         )
     if num_matvecs is None:
-        num_matvecs = min(p, max(DEFAULT_NUM_MATVECS, 2 * k + 20))
+        num_matvecs = default_num_matvecs(k, p)
     check_num_matvecs(num_matvecs, k, p)
     start = start_vector(params, v0, key)
     op = hessian_operator(loss_fn, params)

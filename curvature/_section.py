@@ -56,7 +56,7 @@ def landscape_section(
             Hessian eigenvectors); orthonormalised before use, so a and b are distances.
         extent: half-width of the grid, one number or (extent_a, extent_b); a and b run
             over ``linspace(-extent, extent, num_points)``.
-        num_points: points per axis, one number or (num_a, num_b); odd numbers put the
+        num_points: points per axis (>= 2), one number or (num_a, num_b); odd numbers put the
             centre on the grid.
         trajectory: optional (S, P) flat parameter states theta_s to project into the plane.
         steps: optional (S,) labels of the trajectory points (default 0..S-1).
@@ -73,17 +73,21 @@ def landscape_section(
     num_a, num_b = _pair(num_points, "num_points")
     if not (ext_a > 0 and ext_b > 0):
         raise ValueError(f"extent must be > 0 (got {extent!r}).")
-    if not all(isinstance(n, int) and n >= 1 for n in (num_a, num_b)):
-        raise ValueError(f"num_points must be a positive integer or a pair (got {num_points!r}).")
+    if not all(isinstance(n, int) and n >= 2 for n in (num_a, num_b)):
+        raise ValueError(
+            f"num_points must be an integer >= 2 or a pair of them (got {num_points!r})."
+        )
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer (got {chunk_size!r}).")
     n1 = jnp.linalg.norm(u1)
     u1 = u1 / n1
     u2 = u2 - (u2 @ u1) * u1
     n2 = jnp.linalg.norm(u2)
-    if float(n1) == 0.0 or float(n2) <= 1e-8 * float(jnp.linalg.norm(_as_flat(v2, p, "v2"))):
+    if not (
+        float(n1) > 0.0 and float(n2) > 1e-8 * float(jnp.linalg.norm(_as_flat(v2, p, "v2")))
+    ):  # also catches NaN or inf entries
         raise ValueError(
-            "v1 and v2 must be non-zero and linearly independent to span a plane "
+            "v1 and v2 must be finite, non-zero and linearly independent to span a plane "
             f"(got |v1| = {float(n1):.3g}, |v2 orthogonal to v1| = {float(n2):.3g})."
         )
     u2 = u2 / n2

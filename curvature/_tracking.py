@@ -18,11 +18,11 @@ from jax.flatten_util import ravel_pytree
 
 from curvature._hessian import Eigen, FlatOperator, LossFn, PyTree, hessian_operator
 from curvature._lanczos import (
-    DEFAULT_NUM_MATVECS,
     canonical_signs,
     check_k,
     check_num_matvecs,
     check_which,
+    default_num_matvecs,
     lanczos_top_k,
     with_residuals,
 )
@@ -104,7 +104,8 @@ def hessian_tracker(
     pays for the cold start; track per run or accept the cost.
 
     Args:
-        k: number of eigenpairs, ``1 <= k <= P`` (checked at ``init``).
+        k: number of eigenpairs, ``1 <= k <= P`` (checked at ``init``; ``"block"`` needs
+            ``2k <= P``).
         num_iterations: the most warm expansions per update (``"block"``, >= 0), the most
             LOBPCG iterations (``"jax_lobpcg"``, >= 1), or the warm Lanczos depth (>= k).
             Default 8. A typical update needs 1-2 expansions; the cap only matters on hard
@@ -118,7 +119,7 @@ def hessian_tracker(
             several times the cost.
         restart_tol: relative residual above which the update restarts cold; default
             ``10 * tol``. Must be >= ``tol``.
-        num_matvecs: Krylov depth of cold starts; default ``min(P, 64)``.
+        num_matvecs: Krylov depth of cold starts; default ``min(P, max(64, 2k + 20))``.
         method: ``"block"``, ``"jax_lobpcg"`` or ``"lanczos"`` (see above).
         which: ``"largest"`` (most positive) or ``"smallest"`` (most negative eigenvalues).
 
@@ -149,10 +150,9 @@ def hessian_tracker(
         raise ValueError(f"tol must be > 0 (got {tol!r}).")
     if restart_tol is not None and not restart_tol > 0:
         raise ValueError(f"restart_tol must be > 0 (got {restart_tol!r}).")
-    if restart_tol is not None and restart_tol < (DEFAULT_TOL if tol is None else tol):
+    if restart_tol is not None and tol is not None and restart_tol < tol:
         raise ValueError(
-            f"restart_tol must be >= tol (got restart_tol={restart_tol!r}, tol={tol!r}, "
-            f"default tol {DEFAULT_TOL}); "
+            f"restart_tol must be >= tol (got restart_tol={restart_tol!r}, tol={tol!r}); "
             "warm results already accepted at tol would otherwise trigger restarts."
         )
     sign = 1.0 if which == "largest" else -1.0
@@ -166,10 +166,23 @@ def hessian_tracker(
                 f"method 'jax_lobpcg' needs 5 * k < P (got k = {k}, P = {p}); use method "
                 "'block' for small problems."
             )
+        if method == "block" and not 2 * k <= p:
+            raise ValueError(
+                f"method 'block' needs 2 * k <= P, room for the residual block beside the "
+                f"vectors (got k = {k}, P = {p}); use method 'lanczos' with "
+                f"num_iterations = {p} for so small a problem."
+            )
         if method == "lanczos":
             check_num_matvecs(num_iterations, k, p)
         if num_matvecs is not None:
             check_num_matvecs(num_matvecs, k, p)
+        default_tol = _default_tol(flat.dtype)
+        if restart_tol is not None and tol is None and restart_tol < default_tol:
+            raise ValueError(
+                f"restart_tol must be >= tol (got restart_tol={restart_tol!r}, default tol "
+                f"{default_tol:.3g} in {jnp.dtype(flat.dtype).name}); warm results already "
+                "accepted at tol would otherwise trigger restarts."
+            )
         return TrackerState(
             eigenvectors=jnp.zeros((k, p), flat.dtype),
             eigenvalues=jnp.zeros((k,), flat.dtype),
@@ -184,10 +197,9 @@ def hessian_tracker(
         op = hessian_operator(loss_fn, params)
         p = op.flat_params.shape[0]
         dtype = op.flat_params.dtype
-        default_tol = max(DEFAULT_TOL, 1e4 * float(jnp.finfo(dtype).eps))
-        warm_tol = jnp.asarray(default_tol if tol is None else tol, dtype)
+        warm_tol = jnp.asarray(_default_tol(dtype) if tol is None else tol, dtype)
         cold_tol = 10.0 * warm_tol if restart_tol is None else jnp.asarray(restart_tol, dtype)
-        depth = min(p, DEFAULT_NUM_MATVECS) if num_matvecs is None else num_matvecs
+        depth = default_num_matvecs(k, p) if num_matvecs is None else num_matvecs
         key, cold_key = jax.random.split(state.key)
         previous = state.eigenvectors.astype(dtype)
 
@@ -237,6 +249,11 @@ def hessian_tracker(
         return eig, new_state
 
     return Tracker(init=init, update=update)
+
+
+def _default_tol(dtype: jnp.dtype) -> float:
+    """The warm tolerance when none is given: ``max(1e-4, 1e4 eps)``."""
+    return max(DEFAULT_TOL, 1e4 * float(jnp.finfo(dtype).eps))
 
 
 def relative_residuals(eig: Eigen) -> jax.Array:

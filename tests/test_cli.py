@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from analysis._cli import main
-from training import TrainConfig, open_run
+from analysis._cli import main, parse_steps
+from training import TrainConfig, open_run, train
 
 
 def test_train_then_info(tmp_path, capsys):
@@ -206,3 +206,37 @@ def test_fit_and_plots(lr_runs, tmp_path, capsys):
     assert png.stat().st_size > 5000
     assert main(["plot", "run", *map(str, lr_runs)]) == 2
     assert "takes one run file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("tokens", "message"),
+    [
+        (["0:100:0"], r"--steps stride must be a positive integer \(got '0:100:0'\)"),
+        (["0:100:-1"], r"--steps stride must be a positive integer"),
+        (["abc"], r"--steps takes integers and start:stop\[:stride\] ranges \(got 'abc'\)"),
+        (["1.5"], r"--steps takes integers"),
+        ([""], r"--steps takes integers"),
+        (["500:600"], r"--steps 500:600 selects no saved checkpoint; saved steps are \[0, 50"),
+        (["1:2:3:4"], r"--steps range must be start:stop\[:stride\]"),
+    ],
+)
+def test_bad_steps_name_the_option(tokens, message):
+    with pytest.raises(ValueError, match=message):
+        parse_steps(tokens, np.array([0, 50, 100]))
+
+
+def test_steps_ranges_and_integers():
+    saved = np.array([0, 50, 100, 150])
+    assert parse_steps(["0:101:100", "150", "50"], saved) == [0, 50, 100, 150]
+    assert parse_steps([":"], saved) == [0, 50, 100, 150]
+    assert parse_steps(None, saved) is None
+
+
+def test_unimportable_diagnostic_module_is_a_message(capsys, tmp_path):
+    run = tmp_path / "r.nc"
+    train(TrainConfig(hidden_widths=(4,), steps=20, checkpoint_every=10, output=str(run)))
+    assert main(["map", str(run), "no_such_module_here:fn", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot import module 'no_such_module_here'" in err and "Traceback" not in err
+    assert main(["ntk", str(run), "--full", "--k", "0", "--quiet"]) == 2
+    assert "--k must be a positive integer (got 0)" in capsys.readouterr().err

@@ -146,6 +146,8 @@ def test_bad_tracker_options_are_rejected(kwargs, message):
         ({"k": 7}, r"k must be an integer with 1 <= k <= P = 6"),
         ({"k": 2, "method": "jax_lobpcg"}, r"needs 5 \* k < P \(got k = 2, P = 6\)"),
         ({"k": 2, "num_matvecs": 1}, r"num_matvecs must satisfy k <= num_matvecs <= P"),
+        ({"k": 4}, r"method 'block' needs 2 \* k <= P.*got k = 4, P = 6"),
+        ({"k": 2, "restart_tol": 1e-4}, r"restart_tol must be >= tol.*default tol 0.00119"),
     ],
 )
 def test_bad_sizes_are_rejected_at_init(kwargs, message):
@@ -153,3 +155,15 @@ def test_bad_sizes_are_rejected_at_init(kwargs, message):
     tracker = hessian_tracker(kwargs.pop("k"), **kwargs)
     with pytest.raises(ValueError, match=message):
         tracker.init(jnp.zeros(6), jax.random.key(0))
+
+
+def test_cold_starts_are_deep_enough_for_many_eigenpairs(x64):
+    """k = 70 > 64: the cold start's Krylov depth grows with k (it was fixed at 64)."""
+    values = np.concatenate([np.linspace(10.0, 5.0, 70), np.linspace(0.1, 0.0, 130)])
+    loss = lambda z: 0.5 * jnp.sum(values * z**2)  # noqa: E731
+    tracker = hessian_tracker(70)
+    eig, _ = jax.jit(tracker.update, static_argnums=0)(
+        loss, jnp.zeros(200), tracker.init(jnp.zeros(200), jax.random.key(0))
+    )
+    np.testing.assert_allclose(eig.eigenvalues, values[:70], rtol=1e-8)
+    assert np.max(eig.residuals) < 1e-6

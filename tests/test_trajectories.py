@@ -33,11 +33,15 @@ def run64(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exact(run64):
+    # restore() of a float64 run turns 64-bit mode on process-wide; a module fixture is
+    # outside conftest's per-test restore, so put the flag back for the modules after this.
+    before = jax.config.jax_enable_x64
     out = {}
     for step in STEPS:
         r = restore(run64, step)
         out[step] = (r, hessian_eigh(r.loss_fn, r.params))
-    return out
+    yield out
+    jax.config.update("jax_enable_x64", before)
 
 
 def _check_vectors(vectors, exact_vectors, values):

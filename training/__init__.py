@@ -13,7 +13,13 @@ from training._data import Data, spiral
 from training._diagnostics import hessian_metric, ntk_metric
 from training._metrics import Context, Metric, stateless
 from training._models import Model, Params, mlp
-from training._runfile import STEP_VARIABLES, open_run, sibling_path, write_sibling
+from training._runfile import (
+    STEP_VARIABLES,
+    open_run,
+    sibling_files,
+    sibling_path,
+    write_sibling,
+)
 from training._trainer import (
     Problem,
     Restored,
@@ -58,6 +64,7 @@ __all__ = [
     "precision",
     "restore",
     "shape_key",
+    "sibling_files",
     "sibling_path",
     "spiral",
     "stateless",

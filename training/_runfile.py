@@ -212,17 +212,63 @@ def open_run(path: str | Path, *, siblings: bool = True) -> xr.Dataset:
             "attributes)."
         )
     if siblings:
-        for sibling in sorted(path.parent.glob(f"{path.stem}.*{path.suffix}")):
-            if sibling == path or sibling.name.endswith(".tmp"):
-                continue
+        handles = [ds]
+        for sibling in sibling_files(path, ds.attrs):
             extra = xr.open_dataset(sibling)
             if STEP not in extra.dims:  # e.g. detected onsets: not per-step records
                 extra.close()
                 continue
+            handles.append(extra)
             kind = sibling.name[len(path.stem) + 1 : -len(path.suffix)]
             clash = {v: f"{v}_{kind}" for v in extra.data_vars if v in ds.data_vars}
             ds = xr.merge([ds, extra.rename(clash)], join="outer", combine_attrs="override")
+        if len(handles) > 1:  # closing the merged Dataset closes every file it reads from
+
+            def close_all() -> None:
+                for handle in handles:
+                    handle.close()
+
+            ds.set_close(close_all)
     return ds
+
+
+def _is_sibling_of(attrs: Mapping[str, Any], run_name: str, run_config: str) -> bool:
+    """Whether a file with ``attrs`` is a post-hoc result of the run ``run_name``.
+
+    Written by :func:`write_sibling` (``sibling_of`` names the run file); files from before that
+    attribute are recognised by ``source_config`` equal to the run's ``config``. A run file
+    (``format_version``) is never a sibling, so ``lr=1.nc`` does not adopt ``lr=1.5.nc``.
+    """
+    if "format_version" in attrs:
+        return False
+    if "sibling_of" in attrs:
+        return attrs["sibling_of"] == run_name
+    return attrs.get("source_config") == run_config
+
+
+def sibling_files(path: str | Path, run_attrs: Mapping[str, Any] | None = None) -> list[Path]:
+    """The post-hoc result files ``RUN.<kind>.nc`` of the run at ``path``, sorted by name.
+
+    Only files written for this run count (see ``_is_sibling_of``): other runs whose names
+    share the prefix, such as a sweep's ``learning_rate=1.5.nc`` next to ``learning_rate=1.nc``,
+    are left alone. ``run_attrs`` (the run's attributes) are read from the file when not given.
+    """
+    path = Path(path)
+    if run_attrs is None:
+        with xr.open_dataset(path) as ds:
+            run_attrs = dict(ds.attrs)
+    found = []
+    for candidate in sorted(path.parent.glob(f"{path.stem}.*{path.suffix}")):
+        if candidate == path or candidate.name.endswith(".tmp"):
+            continue
+        try:
+            with xr.open_dataset(candidate) as extra:
+                attrs = dict(extra.attrs)
+        except (OSError, ValueError, RuntimeError):  # not readable as netCDF: not ours
+            continue
+        if _is_sibling_of(attrs, path.name, str(run_attrs.get("config", ""))):
+            found.append(candidate)
+    return found
 
 
 READ_ATTEMPTS = 5
@@ -245,10 +291,66 @@ def _open_dataset(path: Path) -> xr.Dataset:
     return xr.open_dataset(path)
 
 
-def write_sibling(run_path: str | Path, kind: str, result: xr.Dataset) -> Path:
-    """Write a post-hoc result next to its run (temporary name, then an atomic rename)."""
+def write_sibling(
+    run_path: str | Path, kind: str, result: xr.Dataset, *, overwrite: bool = False
+) -> Path:
+    """Write a post-hoc result next to its run as ``RUN.<kind>.nc``, never losing earlier ones.
+
+    Where ``RUN.<kind>.nc`` already holds per-step results of the same shape (same variables,
+    dimensions and sizes apart from ``step``), the two are merged: steps computed again are
+    replaced, the others kept. Results that do not fit (another ``k``, other variables) or a
+    file that is not this run's are refused with ``FileExistsError`` unless ``overwrite``.
+    Results without a ``step`` dimension (detected onsets) replace the earlier ones. The file
+    is written under a temporary name, then renamed atomically.
+    """
+    run_path = Path(run_path)
     target = sibling_path(run_path, kind)
+    result = result.assign_attrs(sibling_of=run_path.name)
+    if target.exists() and not overwrite:
+        result = _merge_into_existing(target, result, run_path)
     tmp = target.with_name(target.name + ".tmp")
     result.to_netcdf(tmp)
     os.replace(tmp, target)
     return target
+
+
+def _merge_into_existing(target: Path, result: xr.Dataset, run_path: Path) -> xr.Dataset:
+    """``result`` with the steps of the existing ``target`` that it does not recompute."""
+    hint = "pass overwrite=True (--overwrite on the command line) to replace it"
+    with xr.open_dataset(run_path) as run:
+        config = str(run.attrs.get("config", ""))
+    with xr.open_dataset(target) as old:
+        old = old.load()
+    if not _is_sibling_of(old.attrs, run_path.name, config):
+        raise FileExistsError(
+            f"{str(target)!r} exists but is not a post-hoc result of {str(run_path)!r}; "
+            f"move it away or {hint}."
+        )
+    if STEP not in result.dims or STEP not in old.dims:
+        return result
+    differences = [
+        name
+        for name in set(result.data_vars) | set(old.data_vars)
+        if name not in result.data_vars
+        or name not in old.data_vars
+        or result[name].dims != old[name].dims
+        or any(result.sizes[d] != old.sizes[d] for d in result[name].dims if d != STEP)
+    ]
+    if differences:
+        raise FileExistsError(
+            f"{str(target)!r} already holds results that differ from the new ones in "
+            f"{', '.join(sorted(differences))} (other variables or sizes, e.g. another k); "
+            f"nothing was written. Choose the same options, or {hint}."
+        )
+    kept = old.sel({STEP: ~old[STEP].isin(result[STEP].values)})
+    if kept.sizes[STEP] == 0:
+        return result
+    merged = xr.concat(
+        [result, kept],
+        dim=STEP,
+        data_vars="minimal",
+        coords="minimal",
+        compat="override",
+        combine_attrs="override",
+    )
+    return merged.sortby(STEP).assign_attrs(result.attrs)

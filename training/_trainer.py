@@ -35,7 +35,7 @@ from training._metrics import (
     variables,
 )
 from training._models import Model, Params, mlp
-from training._runfile import STEP_VARIABLES, RunWriter, open_run
+from training._runfile import STEP_VARIABLES, RunWriter, open_run, sibling_files
 
 ProgressCallback = Callable[[int, int, dict[str, float]], None]
 """``progress(steps_done, steps_total, latest)`` called after every chunk."""
@@ -271,6 +271,8 @@ def metric_layout(
 
         try:
             values = jax.eval_shape(one, params)
+        except ValueError as error:  # the metric rejected this problem (e.g. k > P)
+            raise ValueError(f"metric {name!r} cannot run on this model: {error}") from error
         except Exception as error:
             raise ValueError(
                 f"metric {name!r} cannot run inside the trainer's compiled loop: "
@@ -480,11 +482,13 @@ def train(
             )
         if out.exists() and out.is_dir():
             raise IsADirectoryError(f"output {str(out)!r} is a directory; give a file path.")
-        if out.exists():  # overwrite: the old run's post-hoc siblings describe the old run
-            for sibling in out.parent.glob(f"{out.stem}.*{out.suffix}"):
-                sibling.unlink()
     with precision(config.dtype):
         prepared = _prepare(config, metrics or {})  # user errors surface before any file exists
+        if config.output is not None and Path(config.output).exists():
+            # overwrite: the old run's post-hoc results describe the old run (other runs that
+            # share the name's prefix are not touched).
+            for sibling in _siblings_or_none(Path(config.output)):
+                sibling.unlink()
         if config.output is None:
             fd, tmp = tempfile.mkstemp(suffix=".nc", prefix="dynloss-run-")
             os.close(fd)
@@ -495,6 +499,14 @@ def train(
                 os.unlink(tmp)
         _run(prepared, Path(config.output), progress)
         return _load(config.output)
+
+
+def _siblings_or_none(path: Path) -> list[Path]:
+    """The post-hoc results of the run at ``path``; none if it is not a readable run file."""
+    try:
+        return sibling_files(path)
+    except (OSError, ValueError, RuntimeError):
+        return []
 
 
 class _Prepared(NamedTuple):

@@ -1,0 +1,116 @@
+"""Post-hoc result files next to a run: what is merged, what is kept, what is never touched."""
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from analysis import hessian_trajectory, map_checkpoints
+from analysis._cli import main
+from training import TrainConfig, open_run, sibling_files, sibling_path, train, write_sibling
+
+TINY = TrainConfig(hidden_widths=(4,), steps=60, checkpoint_every=20, amplitude=5.0, period=20.0)
+
+
+def loss_value(ctx):
+    return ctx.loss_fn(ctx.params)
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """``lr=1.nc`` with a post-hoc result, and a sweep neighbour ``lr=1.5.nc``."""
+    first, second = tmp_path / "lr=1.nc", tmp_path / "lr=1.5.nc"
+    train(TINY.replace(output=str(first)))
+    train(TINY.replace(learning_rate=1.5, output=str(second)))
+    map_checkpoints(first, loss_value, steps=[0, 20], append=True)
+    return first, second
+
+
+def test_a_neighbour_run_is_neither_merged_nor_deleted(runs):
+    first, second = runs
+    assert sibling_files(first) == [sibling_path(first, "loss_value")]
+    assert sibling_files(second) == []
+    merged = open_run(first)
+    assert "loss_5" not in merged and "params_5" not in merged
+    assert np.isfinite(merged["loss_value"].sel(step=20))
+    merged.close()
+    # A config error must not delete anything; a real overwrite deletes this run's results only.
+    with pytest.raises(ValueError, match=r"metric 'hessian' cannot run on this model: k must"):
+        train(TINY.replace(output=str(first), hessian_top_k=1000), overwrite=True)
+    assert sibling_path(first, "loss_value").exists() and second.exists()
+    train(TINY.replace(output=str(first)), overwrite=True)
+    assert not sibling_path(first, "loss_value").exists() and second.exists()
+
+
+def test_results_of_the_same_shape_merge_and_others_are_refused(runs):
+    first, _ = runs
+    map_checkpoints(first, loss_value, steps=[40], append=True)
+    kept = xr.open_dataset(sibling_path(first, "loss_value"))
+    np.testing.assert_array_equal(kept["step"], [0, 20, 40])
+    kept.close()
+    hessian_trajectory(first, steps=[0, 20], k=2, append=True)
+    with pytest.raises(FileExistsError, match=r"differ from the new ones in .*hessian_eigenvalues"):
+        hessian_trajectory(first, steps=[40], k=1, append=True)
+    with xr.open_dataset(sibling_path(first, "hessian")) as ds:
+        np.testing.assert_array_equal(ds["step"], [0, 20])
+    hessian_trajectory(first, steps=[40], k=1, append=True, overwrite=True)
+    with xr.open_dataset(sibling_path(first, "hessian")) as ds:
+        np.testing.assert_array_equal(ds["step"], [40])
+        assert ds.sizes["eigen_index"] == 1
+
+
+def test_a_file_of_another_run_is_not_replaced(runs, tmp_path):
+    first, _ = runs
+    stranger = sibling_path(first, "hessian")
+    xr.Dataset({"x": ("step", [1.0])}, coords={"step": [0]}).to_netcdf(stranger)
+    result = xr.Dataset({"y": ("step", [2.0])}, coords={"step": [0]})
+    with pytest.raises(FileExistsError, match="is not a post-hoc result of"):
+        write_sibling(first, "hessian", result)
+    with xr.open_dataset(stranger) as ds:
+        assert "x" in ds
+
+
+def test_a_failing_diagnostic_does_not_replace_complete_results(runs):
+    first, _ = runs
+
+    def loss_value(ctx):  # same name, fails at step 20
+        if int(ctx.step) >= 20:
+            raise RuntimeError("boom")
+        return ctx.loss_fn(ctx.params) + 1.0
+
+    with pytest.raises(Exception, match="boom"):
+        map_checkpoints(first, loss_value, steps=[0, 20], append=True)
+    with xr.open_dataset(sibling_path(first, "loss_value")) as ds:
+        np.testing.assert_array_equal(ds["step"], [0, 20])  # step 20 kept, step 0 updated
+
+
+def test_density_on_a_model_smaller_than_the_default_depth(runs):
+    first, _ = runs  # 27 parameters, below the default Lanczos depth of 80
+    result = hessian_trajectory(first, steps=[20], k=2, density=True)
+    assert np.all(np.isfinite(result["hessian_density"]))
+
+
+def test_duplicate_steps_are_taken_once(runs):
+    first, _ = runs
+    result = hessian_trajectory(first, steps=[40, 0, 40], k=1, warm=False, append=True)
+    np.testing.assert_array_equal(result["step"], [0, 40])
+    assert open_run(first).sizes["step"] == TINY.steps  # opens: the step index is unique
+
+
+def test_cli_errors_are_one_line_messages(runs, capsys, tmp_path):
+    first, _ = runs
+    assert main(["hessian", str(first), "--k", "1000", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "error: diagnostic 'hessian' failed at step 0" in err and "Traceback" not in err
+    assert ".." not in err
+    broken = tmp_path / "broken.nc"
+    broken.write_bytes(b"not a netCDF file")
+    assert main(["info", str(broken)]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_demo_keeps_an_existing_run_unless_asked(tmp_path, capsys):
+    existing = tmp_path / "demo.nc"
+    train(TINY.replace(output=str(existing)))
+    assert main(["demo", "--steps", "50", "--quiet", "--output-dir", str(tmp_path)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert open_run(existing).sizes["step"] == TINY.steps
