@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import textwrap
 import time
@@ -170,6 +171,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     ckpts = ds["checkpoint_step"].values if "checkpoint_step" in ds else np.array([])
     if ckpts.size:
         print(f"checkpoints     {ckpts.size}: steps {int(ckpts[0])} … {int(ckpts[-1])}")
+    if "diverged_at_step" in ds.attrs:
+        print(
+            f"diverged at     step {ds.attrs['diverged_at_step']} (non-finite loss); the final "
+            "metrics below are the last finite values before it"
+        )
     if ds.sizes.get("step", 0):
         print("final metrics:")
         for name in ("loss", "static_loss", "train_accuracy", "val_accuracy", "val_loss"):
@@ -297,10 +303,21 @@ def _add_overwrite_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _check_writable(run: str) -> None:
+    """Refuse before computing when the post-hoc result could not be written next to ``run``."""
+    folder = Path(run).resolve().parent
+    if folder.is_dir() and not os.access(folder, os.W_OK):
+        raise PermissionError(
+            f"cannot write results next to {run!r}: folder {str(folder)!r} is not writable; "
+            "copy the run file to a writable folder first."
+        )
+
+
 def _cmd_map(args: argparse.Namespace) -> int:
     from analysis._map import map_checkpoints
 
     fn = load_function(args.function)
+    _check_writable(args.run)
     ds = open_run(args.run)
     steps = parse_steps(args.steps, ds["checkpoint_step"].values)
     name = args.name or args.function.rpartition(":")[2]
@@ -346,6 +363,7 @@ def _cmd_hessian(args: argparse.Namespace) -> int:
     from analysis._trajectories import hessian_trajectory
     from training import sibling_path
 
+    _check_writable(args.run)
     ds = open_run(args.run)
     steps = parse_steps(args.steps, ds["checkpoint_step"].values)
     result = hessian_trajectory(
@@ -372,6 +390,7 @@ def _cmd_ntk(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         raise ValueError(f"--k must be a positive integer (got {args.k}).")
+    _check_writable(args.run)
     ds = open_run(args.run)
     steps = parse_steps(args.steps, ds["checkpoint_step"].values)
     result = ntk_trajectory(
@@ -401,6 +420,11 @@ def _cmd_ntk(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- detect / fit / plot
 def _detect_options(args: argparse.Namespace) -> dict:
+    if getattr(args, "tolerance", None) is not None and args.method != "lambda_jump":
+        raise ValueError(
+            f"--tolerance is the lambda_jump detector's threshold; it has no effect with "
+            f"--method {args.method} (use --method lambda_jump, or drop --tolerance)."
+        )
     options = {"method": args.method}
     for name in ("window", "tolerance", "variable"):
         value = getattr(args, name, None)

@@ -240,3 +240,19 @@ def test_unimportable_diagnostic_module_is_a_message(capsys, tmp_path):
     assert "cannot import module 'no_such_module_here'" in err and "Traceback" not in err
     assert main(["ntk", str(run), "--full", "--k", "0", "--quiet"]) == 2
     assert "--k must be a positive integer (got 0)" in capsys.readouterr().err
+
+
+def test_diverged_run_info_bad_file_and_unused_tolerance(capsys, tmp_path):
+    run = tmp_path / "div.nc"
+    config = TrainConfig(
+        hidden_widths=(100,), steps=50, loss="mse", learning_rate=1e6, output=str(run)
+    )
+    train(config)
+    assert main(["info", str(run)]) == 0
+    assert "diverged at" in capsys.readouterr().out
+    assert main(["detect", str(run), "--tolerance", "3"]) == 2
+    assert "--tolerance is the lambda_jump detector's threshold" in capsys.readouterr().err
+    junk = tmp_path / "junk.nc"
+    junk.write_text("not netCDF")
+    assert main(["info", str(junk)]) == 2
+    assert "is not a readable netCDF run file" in capsys.readouterr().err

@@ -288,6 +288,11 @@ def _open_dataset(path: Path) -> xr.Dataset:
             return xr.open_dataset(path)
         except RuntimeError:
             time.sleep(0.2)
+        except (OSError, ValueError) as error:  # not netCDF, truncated, unreadable
+            raise ValueError(
+                f"{str(path)!r} is not a readable netCDF run file ({type(error).__name__}: "
+                f"{str(error).splitlines()[0][:200]})."
+            ) from error
     return xr.open_dataset(path)
 
 
