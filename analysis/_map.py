@@ -245,6 +245,9 @@ def _evaluator(problem: Problem, template: Any, metric: Metric) -> Callable:
 
 def _run_stateless(problem, template, metric, selected, params_at, batch, rows, bar) -> None:
     evaluate = _evaluator(problem, template, metric)
+    if batch == 1:  # no vmap at all: a batch of one still pays for batched products on CPU
+        _run_one_by_one(evaluate, selected, params_at, rows, bar)
+        return
     try:
         batched = jax.jit(jax.vmap(evaluate))
         first = selected[:batch]

@@ -28,6 +28,13 @@ POST_HOC_ITERATIONS = 20
 :func:`hessian_trajectory`): checkpoints lie further apart than training steps."""
 
 
+LANCZOS_BATCH = 1
+"""Checkpoints per vmapped batch for the cold Lanczos and SLQ paths. One at a time is faster
+on CPU: 16 checkpoints of 64 Lanczos steps take 77 ms one by one against 117 ms vmapped at
+width 100, 0.77 s against 1.56 s at width 1000 (XLA's batched matrix-vector products are slow
+there; the NTK's top-1 over 101 checkpoints: 1.8 s against 2.2 s at width 100, 4.0 s against
+4.9 s at width 1000); on a GPU larger batches may pay."""
+
 DENSITY_NUM_MATVECS = 80
 """Default Lanczos depth of the post-hoc SLQ density (capped at the number of parameters)."""
 
@@ -108,9 +115,9 @@ def hessian_trajectory(
     ``tol = sqrt(eps)`` of the run's dtype and up to :data:`POST_HOC_ITERATIONS` expansions:
     eigenvalues equal the cold Lanczos ones to ~1e-14 in float64 and ~2e-6 in float32
     (float32 rounding). ``warm=False``: an independent cold Lanczos run
-    (:func:`curvature.hessian_top_k`) at every checkpoint, vmapped over batches of
-    checkpoints. 101 checkpoints of the width-1000 spiral MLP take 3.5–3.7 s warm against
-    9.0–9.4 s cold, compilation included (benchmarks/curvature.py). ``options`` go to
+    (:func:`curvature.hessian_top_k`) at every checkpoint, one after the other. 101
+    checkpoints of the width-1000 spiral MLP take 3.5–4.1 s warm against 7.1–7.3 s cold,
+    compilation included (benchmarks/curvature.py). ``options`` go to
     ``hessian_tracker`` (warm: ``tol``, ``num_iterations``, ...) or ``hessian_top_k`` (cold:
     ``num_matvecs``, ...). The density's Lanczos depth is ``density_num_matvecs`` (default
     ``min(80, P)``).
@@ -134,6 +141,7 @@ def hessian_trajectory(
         hessian_metric(k, projection=projection, warm=warm, **options),
         steps=steps,
         name="hessian",
+        batch=LANCZOS_BATCH,
         progress=progress,
     )
     if not warm:
@@ -144,6 +152,7 @@ def hessian_trajectory(
             _density_metric(num_probes, density_num_matvecs, num_points, sigma),
             steps=steps,
             name="hessian_density",
+            batch=LANCZOS_BATCH,
             progress=progress,
         )
         result = xr.merge([result, dens])
@@ -222,7 +231,9 @@ def ntk_trajectory(
     ``eigenvectors=True`` ``ntk_eigenvectors(step, ntk_mode, ntk_row)``. ``subset=n`` uses
     ``n`` training samples evenly spaced through the (class-sorted) training set, so a kernel
     too large to form becomes affordable; the stability factors then use ``N = n``.
-    ``append``/``overwrite``: as :func:`hessian_trajectory`, into ``RUN.ntk.nc``.
+    ``batch``: checkpoints per vmapped batch (default one at a time, the fastest on CPU; see
+    :data:`LANCZOS_BATCH`). ``append``/``overwrite``: as :func:`hessian_trajectory`, into
+    ``RUN.ntk.nc``.
     """
     if eigenvectors and not full:
         raise ValueError("eigenvectors=True needs full=True (the full kernel's eigenvectors).")
@@ -254,7 +265,7 @@ def ntk_trajectory(
             _on_subset(ntk_metric(k, warm=False, **options), index),
             steps=steps,
             name="ntk",
-            batch=batch,
+            batch=LANCZOS_BATCH if batch is None else batch,
             progress=progress,
         )
         result = result.drop_vars("ntk_restarted")

@@ -1,6 +1,6 @@
 """Cost of per-step Hessian top-3 tracking, as a multiple of one plain training step.
 
-Run:  .venv/bin/python benchmarks/curvature.py [--widths 100 1000] [--steps 2000 400]
+Run:  .venv/bin/python benchmarks/curvature.py [--widths 100 1000] [--steps 2000 400] [--k 3]
 
 The trainer's own spiral problem (DCE, triangle Γ with amplitude 70 and period 2000, full-batch
 GD at η = 1, float32 unless --dtype float64): the Hessian changes every step, as in the 2021
@@ -43,7 +43,6 @@ from curvature import hessian_exact, hessian_operator, hessian_top_k, hessian_tr
 from training import TrainConfig, build, context, initial_state, train
 
 TARGET = 3.0
-K = 3
 
 
 def _timed(fn, *args):
@@ -57,7 +56,7 @@ def _timed(fn, *args):
     return best, out
 
 
-def _scan_cost(problem, steps: int, extra=None, state=()):
+def _scan_cost(problem, steps: int, k: int, extra=None, state=()):
     """Seconds per step of ``steps`` training steps, each followed by ``extra(ctx, state)``.
 
     ``extra`` returns ``(row, state)`` with row = (relative residuals (k,), restarted,
@@ -69,7 +68,7 @@ def _scan_cost(problem, steps: int, extra=None, state=()):
     def body(carry, step):
         params, opt_state, state = carry
         ctx = context(problem, params, step)
-        row = (jnp.zeros((K,), dtype), jnp.zeros((), bool), jnp.zeros((), jnp.int32))
+        row = (jnp.zeros((k,), dtype), jnp.zeros((), bool), jnp.zeros((), jnp.int32))
         if extra is not None:
             row, state = extra(ctx, state)
         updates, opt_state = problem.optimizer.update(ctx.grads, opt_state, params)
@@ -81,10 +80,10 @@ def _scan_cost(problem, steps: int, extra=None, state=()):
 
 
 def _floor(ctx, vectors):
-    """Three fresh products, renormalised so the chain cannot be optimised away."""
+    """k fresh products, renormalised so the chain cannot be optimised away."""
     products = hessian_operator(ctx.loss_fn, ctx.params).matmat(vectors)
     vectors = products / jnp.linalg.norm(products, axis=1, keepdims=True)
-    zeros = jnp.zeros((K,), products.dtype)
+    zeros = jnp.zeros((vectors.shape[0],), products.dtype)
     return (zeros, jnp.zeros((), bool), jnp.zeros((), jnp.int32)), vectors
 
 
@@ -97,20 +96,23 @@ def _tracked(tracker):
     return extra
 
 
-def _cold(ctx, state):
-    eig = hessian_top_k(ctx.loss_fn, ctx.params, K)
-    relres = eig.residuals / jnp.abs(eig.eigenvalues)
-    return (relres, jnp.ones((), bool), jnp.zeros((), jnp.int32)), state
+def _cold(k):
+    def extra(ctx, state):
+        eig = hessian_top_k(ctx.loss_fn, ctx.params, k)
+        relres = eig.residuals / jnp.abs(eig.eigenvalues)
+        return (relres, jnp.ones((), bool), jnp.zeros((), jnp.int32)), state
+
+    return extra
 
 
-def measure(width: int, steps: int, dtype: str) -> None:
+def measure(width: int, steps: int, dtype: str, k: int) -> None:
     """Print the per-step rows of one width."""
     problem = build(TrainConfig(hidden_widths=(width,), amplitude=70.0, period=2000.0, dtype=dtype))
     params = initial_state(problem)[0]
     p = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
-    plain, _ = _scan_cost(problem, steps)
-    vectors = jax.random.normal(jax.random.key(1), (K, p), problem.dtype)
-    rows = [("floor: 3 HVPs", *_scan_cost(problem, steps, _floor, vectors))]
+    plain, _ = _scan_cost(problem, steps, k)
+    vectors = jax.random.normal(jax.random.key(1), (k, p), problem.dtype)
+    rows = [(f"floor: {k} HVPs", *_scan_cost(problem, steps, k, _floor, vectors))]
     for label, options in (
         ("warm block (default)", {}),
         ("warm block tol=1e-2", {"tol": 1e-2}),
@@ -118,10 +120,10 @@ def measure(width: int, steps: int, dtype: str) -> None:
         ("warm jax_lobpcg(8)", {"method": "jax_lobpcg"}),
         ("warm lanczos(8)", {"method": "lanczos"}),
     ):
-        tracker = hessian_tracker(K, **options)
+        tracker = hessian_tracker(k, **options)
         state = tracker.init(params, jax.random.key(2))
-        rows.append((label, *_scan_cost(problem, steps, _tracked(tracker), state)))
-    rows.append(("cold Lanczos(64)", *_scan_cost(problem, max(steps // 10, 10), _cold)))
+        rows.append((label, *_scan_cost(problem, steps, k, _tracked(tracker), state)))
+    rows.append(("cold Lanczos(64)", *_scan_cost(problem, max(steps // 10, 10), k, _cold(k))))
     print(f"{width:>6} {'plain step':<22} {plain * 1e6:>9.1f} {'':>7} {'':>7}   (P = {p})")
     for label, cost, (relres, restarted, expansions) in rows:
         extra = (cost - plain) / plain
@@ -138,7 +140,7 @@ def measure(width: int, steps: int, dtype: str) -> None:
         )
 
 
-def post_hoc(width: int, checkpoints: int, dtype: str) -> None:
+def post_hoc(width: int, checkpoints: int, dtype: str, k: int) -> None:
     """Top-3 at every checkpoint of a saved run: ``hessian_trajectory`` wall time."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "run.nc"
@@ -155,12 +157,12 @@ def post_hoc(width: int, checkpoints: int, dtype: str) -> None:
         )
         for warm in (True, False):
             t0 = time.perf_counter()
-            result = hessian_trajectory(path, k=K, projection=False, warm=warm)
+            result = hessian_trajectory(path, k=k, projection=False, warm=warm)
             seconds = time.perf_counter() - t0
             restarts = int(result["hessian_restarted"].sum()) if warm else result.sizes["step"]
             print(
                 f"{width:>6} hessian_trajectory(warm={warm}), {result.sizes['step']} "
-                f"checkpoints, top-{K}: {seconds:.2f} s, compilation included "
+                f"checkpoints, top-{k}: {seconds:.2f} s, compilation included "
                 f"({restarts} cold starts)"
             )
 
@@ -191,6 +193,9 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--checkpoints", type=int, default=100)
     parser.add_argument(
+        "--k", type=int, default=3, help="eigenpairs tracked (default 3; 1 = λ_max alone)"
+    )
+    parser.add_argument(
         "--exact", action="store_true", help="also time hessian_exact's chunk sizes"
     )
     args = parser.parse_args()
@@ -203,9 +208,9 @@ def main() -> None:
         f"{'restarts':>9} {'expan.':>6} {'med relres':>9} {'max relres':>9}"
     )
     for width, n in zip(args.widths, steps, strict=True):
-        measure(width, n, args.dtype)
+        measure(width, n, args.dtype, args.k)
     for width in args.widths:
-        post_hoc(width, args.checkpoints, args.dtype)
+        post_hoc(width, args.checkpoints, args.dtype, args.k)
     if args.exact:
         for width in args.widths:
             exact_chunks(width, args.dtype)
