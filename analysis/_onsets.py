@@ -298,8 +298,11 @@ def _lambda_jump_episodes(
     return _Episodes(starts[keep], ends[keep])
 
 
-def _forward_fill(values: np.ndarray) -> np.ndarray:
-    """Last finite value at or before each row (per column); NaN before the first."""
+def _forward_fill(values: np.ndarray, limit: int | None = None) -> np.ndarray:
+    """Last finite value at or before each row (per column); NaN before the first.
+
+    With ``limit``, a value is carried at most ``limit`` rows forward (NaN beyond).
+    """
     values = np.asarray(values, dtype=float)
     squeeze = values.ndim == 1
     if squeeze:
@@ -308,7 +311,15 @@ def _forward_fill(values: np.ndarray) -> np.ndarray:
     last = np.maximum.accumulate(np.where(np.isfinite(values), index, -1), axis=0)
     filled = np.take_along_axis(values, np.maximum(last, 0), axis=0)
     filled[last < 0] = np.nan
+    if limit is not None:
+        filled[index - last > limit] = np.nan
     return filled[:, 0] if squeeze else filled
+
+
+def _tracking_interval(values: np.ndarray) -> int:
+    """Median spacing of the rows where λ was tracked (1 when tracked at most once)."""
+    tracked = np.flatnonzero(np.isfinite(np.asarray(values, dtype=float)).any(axis=-1))
+    return int(np.median(np.diff(tracked))) if tracked.size > 1 else 1
 
 
 def _gamma_periods(gamma: np.ndarray) -> np.ndarray:
@@ -464,7 +475,10 @@ def detect_onsets(
     at the onset of a cascade), and their mean is the curvature of the orbit's centre.
 
     Sampling: one record per step is assumed (`step` 0, 1, 2, … without gaps; NaN losses break
-    alternation). λ values at a step are the last tracked value at or before it.
+    alternation). λ values at a step are the last tracked value at or before it, carried at
+    most one tracking interval (the median spacing of the tracked steps, i.e. `track_every`)
+    forward; an onset farther from any λ sample (λ computed post hoc at a few checkpoints) gets
+    NaN λ rather than a stale one.
 
     Args:
         run: a run Dataset (run-file conventions) or any Dataset with `variable(step)`.
@@ -617,7 +631,9 @@ def detect_onsets(
     trigger = np.full((count, doublings.size), -1, dtype=np.int64)
     coords: dict[str, Any] = {ONSET: np.arange(count), DOUBLING: doublings}
     if lam is not None:
-        filled = _forward_fill(lam)
+        # Carried forward over the tracking interval (track_every), no farther: a λ sampled
+        # thousands of steps before an onset says nothing about the curvature at it.
+        filled = _forward_fill(lam, limit=_tracking_interval(lam))
         previous = np.vstack((filled[:1], filled[:-1]))
         # Both branches: the mean of λ over steps s−1 and s (NaN-aware).
         paired = np.where(

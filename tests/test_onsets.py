@@ -392,6 +392,19 @@ def test_sparse_hessian_tracking_uses_last_tracked_value():
     assert float(onsets.lambda_at_end[0, 0]) == expected(end)
 
 
+def test_lambda_far_from_any_sample_is_not_carried_to_an_onset():
+    # λ known at steps 0 and 100 only (e.g. post hoc at two checkpoints): the interval is 100,
+    # so an onset at ~1200 gets no λ, not the value from 1100 steps earlier.
+    loss = burst_loss(2000, [(1200, 1300)])
+    lam = np.full((2000, 1), np.nan)
+    lam[[0, 100], 0] = [1.0, 2.0]
+    onsets = detect_onsets(make_run(loss, lam))
+    assert onsets.sizes["onset"] == 1 and np.isnan(onsets.lambda_at_onset[0, 0])
+    lam[1150, 0] = 3.0  # a sample within one interval before the onset is used
+    onsets = detect_onsets(make_run(loss, lam))
+    assert float(onsets.lambda_at_onset[0, 0]) == 3.0
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
