@@ -8,6 +8,7 @@ for variable. Results are Datasets on a ``step`` coordinate holding only the ana
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,15 @@ def hessian_trajectory(
             progress=progress,
         )
         result = xr.merge([result, dens])
-    return _finish(run, result, "hessian", append, overwrite)
+    recorded = {"k": k, "warm": warm, "projection": projection, "density": density, **options}
+    if density:
+        recorded.update(
+            num_probes=num_probes,
+            density_num_matvecs=density_num_matvecs,
+            num_points=num_points,
+            sigma=sigma,
+        )
+    return _finish(run, result, "hessian", append, overwrite, recorded)
 
 
 def _on_subset(metric: Metric, subset: np.ndarray | None) -> Metric:
@@ -269,7 +278,8 @@ def ntk_trajectory(
             progress=progress,
         )
         result = result.drop_vars("ntk_restarted")
-    return _finish(run, result, "ntk", append, overwrite)
+    recorded = {"k": k, "full": full, "eigenvectors": eigenvectors, "subset": subset, **options}
+    return _finish(run, result, "ntk", append, overwrite, recorded)
 
 
 def checkpoint_section(
@@ -311,7 +321,11 @@ def checkpoint_section(
     )
 
 
-def _finish(run: Any, result: xr.Dataset, kind: str, append: bool, overwrite: bool) -> xr.Dataset:
+def _finish(
+    run: Any, result: xr.Dataset, kind: str, append: bool, overwrite: bool, options: dict
+) -> xr.Dataset:
+    # The options that shape the values, so results computed otherwise are never merged.
+    result = result.assign_attrs(options=json.dumps(options, sort_keys=True, default=str))
     for dim in ("eigen_index", "ntk_eigen_index", NTK_MODE):
         if dim in result.dims:
             result = result.assign_coords({dim: np.arange(1, result.sizes[dim] + 1)})

@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from curvature._hessian import Eigen, FlatOperator, LossFn, PyTree, hessian_operator
@@ -46,7 +47,7 @@ def check_which(which: object) -> None:
 
 def check_num_matvecs(num_matvecs: object, k: int, p: int) -> None:
     """Reject a Krylov depth that cannot hold k Ritz pairs or exceeds P."""
-    if isinstance(num_matvecs, bool) or not isinstance(num_matvecs, int):
+    if isinstance(num_matvecs, bool) or not isinstance(num_matvecs, int | np.integer):
         raise ValueError(f"num_matvecs must be an integer (got {num_matvecs!r}).")
     if num_matvecs < k or num_matvecs > p:
         raise ValueError(
@@ -77,14 +78,15 @@ def lanczos(num_matvecs: int, *, reortho: str = "full") -> Callable[..., Krylov]
     the whole basis (classical Gram-Schmidt, twice) and ``matrix`` holds all the projections
     ``q_i^T A q_j`` (i <= j) so computed, mirrored: the exact Rayleigh-Ritz matrix of the
     basis. With ``"none"`` only the three-term recurrence is used and ``matrix`` is its
-    tridiagonal (cheaper; the basis loses orthogonality once Ritz values converge).
+    tridiagonal (cheaper; the basis loses orthogonality once Ritz values converge, and
+    converged eigenvalues then reappear as copies: use it for SLQ densities, not eigenpairs).
 
     Breakdown: when the start vector has components along fewer than ``m`` eigenvectors (a
     low-rank Hessian, a dead network, ``A = c I``, or ``v0 = 0``), the new vector shrinks to
     rounding noise. Normalising that noise, as plain Lanczos does (matfree 0.6.3's
     ``tridiag_sym`` among them, which is why this module has its own loop), gives a basis
     that is not orthogonal and Ritz values far outside the spectrum. Here, once the new
-    vector is shorter than ``sqrt(eps) * ||A q_j||`` (or zero), the recurrence restarts from
+    vector is shorter than ``sqrt(eps) * max_i ||A q_i||`` (or zero), the recurrence restarts from
     a pseudo-random vector orthogonalised against the basis, with zero coupling; the Ritz
     values stay those of a true Rayleigh-Ritz step on an orthonormal basis. With full
     reorthogonalisation a restart vector is projected at every step alongside the new one
@@ -105,9 +107,13 @@ def lanczos(num_matvecs: int, *, reortho: str = "full") -> Callable[..., Krylov]
             f"reortho must be 'full' (full reorthogonalisation) or 'none' (plain three-term "
             f"recurrence) (got {reortho!r})."
         )
-    if isinstance(num_matvecs, bool) or not isinstance(num_matvecs, int) or num_matvecs < 1:
+    if (
+        isinstance(num_matvecs, bool)
+        or not isinstance(num_matvecs, int | np.integer)
+        or num_matvecs < 1
+    ):
         raise ValueError(f"num_matvecs must be a positive integer (got {num_matvecs!r}).")
-    m = num_matvecs
+    m = int(num_matvecs)
 
     def algorithm(matvec: Callable[[jax.Array], jax.Array], v0: jax.Array) -> Krylov:
         (p,) = v0.shape
@@ -130,10 +136,12 @@ def lanczos(num_matvecs: int, *, reortho: str = "full") -> Callable[..., Krylov]
             return normalised(r - (basis @ r) @ basis)
 
         def step(j: jax.Array, carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-            basis, matrix, q, previous, beta = carry
+            basis, matrix, q, previous, beta, scale = carry
             basis = basis.at[j].set(q)
             w = matvec(q)
-            scale = jnp.linalg.norm(w)
+            # Largest ||A q_i|| so far: after a restart into a null space A q is rounding noise,
+            # and comparing the new vector with that noise would never flag the breakdown.
+            scale = jnp.maximum(scale, jnp.linalg.norm(w))
             if reortho == "full":
                 # Matrix-vector products, not one (2, P) block: ~5x faster on CPU (measured).
                 h = basis @ w
@@ -155,13 +163,14 @@ def lanczos(num_matvecs: int, *, reortho: str = "full") -> Callable[..., Krylov]
                 )
             norm = jnp.linalg.norm(w)
             q_next = jnp.where(broke, restart, w / jnp.maximum(norm, tiny))
-            return basis, matrix, q_next, q, jnp.where(broke, 0.0, norm).astype(dtype)
+            return basis, matrix, q_next, q, jnp.where(broke, 0.0, norm).astype(dtype), scale
 
         basis = jnp.zeros((m, p), dtype)
         start_norm = jnp.linalg.norm(v0)
         q = jnp.where(start_norm > 0, v0 / jnp.maximum(start_norm, tiny), fresh(basis, m))
-        init = (basis, jnp.zeros((m, m), dtype), q, jnp.zeros((p,), dtype), jnp.zeros((), dtype))
-        basis, matrix, _, _, _ = jax.lax.fori_loop(0, m, step, init)
+        zero = jnp.zeros((), dtype)
+        init = (basis, jnp.zeros((m, m), dtype), q, jnp.zeros((p,), dtype), zero, zero)
+        basis, matrix, *_ = jax.lax.fori_loop(0, m, step, init)
         upper = jnp.triu(matrix)
         return Krylov(basis=basis, matrix=upper + jnp.triu(upper, 1).T)
 

@@ -1,5 +1,6 @@
 """Post-hoc result files next to a run: what is merged, what is kept, what is never touched."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import xarray as xr
@@ -48,10 +49,16 @@ def test_results_of_the_same_shape_merge_and_others_are_refused(runs):
     np.testing.assert_array_equal(kept["step"], [0, 20, 40])
     kept.close()
     hessian_trajectory(first, steps=[0, 20], k=2, append=True)
-    with pytest.raises(FileExistsError, match=r"differ from the new ones in .*hessian_eigenvalues"):
+    with pytest.raises(FileExistsError, match=r"computed with other options \(\{.*\"k\": 2"):
         hessian_trajectory(first, steps=[40], k=1, append=True)
     with xr.open_dataset(sibling_path(first, "hessian")) as ds:
         np.testing.assert_array_equal(ds["step"], [0, 20])
+
+    def pair(ctx):  # the same name, another shape
+        return jnp.stack([ctx.loss_fn(ctx.params)] * 2)
+
+    with pytest.raises(FileExistsError, match="differ from the new ones in loss_value"):
+        map_checkpoints(first, pair, steps=[40], name="loss_value", append=True)
     hessian_trajectory(first, steps=[40], k=1, append=True, overwrite=True)
     with xr.open_dataset(sibling_path(first, "hessian")) as ds:
         np.testing.assert_array_equal(ds["step"], [40])
@@ -63,7 +70,7 @@ def test_a_file_of_another_run_is_not_replaced(runs, tmp_path):
     stranger = sibling_path(first, "hessian")
     xr.Dataset({"x": ("step", [1.0])}, coords={"step": [0]}).to_netcdf(stranger)
     result = xr.Dataset({"y": ("step", [2.0])}, coords={"step": [0]})
-    with pytest.raises(FileExistsError, match="is not a post-hoc result of"):
+    with pytest.raises(FileExistsError, match="was not computed from"):
         write_sibling(first, "hessian", result)
     with xr.open_dataset(stranger) as ds:
         assert "x" in ds
@@ -114,3 +121,24 @@ def test_demo_keeps_an_existing_run_unless_asked(tmp_path, capsys):
     assert main(["demo", "--steps", "50", "--quiet", "--output-dir", str(tmp_path)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert open_run(existing).sizes["step"] == TINY.steps
+
+
+def test_results_of_an_earlier_run_under_the_same_name_are_not_adopted(runs):
+    first, _ = runs  # lr=1.nc with loss_value at steps 0 and 20
+    first.unlink()
+    train(TINY.replace(seed=7, output=str(first)))  # a different run under the same name
+    assert sibling_files(first) == [] and "loss_value" not in open_run(first)
+    with pytest.raises(FileExistsError, match="was not computed from"):
+        map_checkpoints(first, loss_value, steps=[20], append=True)
+
+
+def test_results_with_other_options_are_not_merged(runs):
+    first, _ = runs
+    from analysis import ntk_trajectory
+
+    ntk_trajectory(first, steps=[0, 20], k=2, append=True)
+    with pytest.raises(FileExistsError, match="computed with other options"):
+        ntk_trajectory(first, steps=[40], k=2, subset=10, append=True)
+    ntk_trajectory(first, steps=[40], k=2, append=True)  # same options: merged
+    with xr.open_dataset(sibling_path(first, "ntk")) as ds:
+        np.testing.assert_array_equal(ds["step"], [0, 20, 40])

@@ -232,26 +232,26 @@ def open_run(path: str | Path, *, siblings: bool = True) -> xr.Dataset:
     return ds
 
 
-def _is_sibling_of(attrs: Mapping[str, Any], run_name: str, run_config: str) -> bool:
-    """Whether a file with ``attrs`` is a post-hoc result of the run ``run_name``.
+def _is_sibling_of(attrs: Mapping[str, Any], run_config: str) -> bool:
+    """Whether a file with ``attrs`` holds post-hoc results of the run whose config is given.
 
-    Written by :func:`write_sibling` (``sibling_of`` names the run file); files from before that
-    attribute are recognised by ``source_config`` equal to the run's ``config``. A run file
-    (``format_version``) is never a sibling, so ``lr=1.nc`` does not adopt ``lr=1.5.nc``.
+    The run's configuration (JSON) is its identity: results carry it as ``source_config``
+    (``run_config`` in onset files). So a sweep neighbour ``lr=1.5.nc`` is never adopted by
+    ``lr=1.nc`` (it is a run file, ``format_version``), and results left over from an earlier,
+    different run saved under the same name are not merged into a new one.
     """
     if "format_version" in attrs:
         return False
-    if "sibling_of" in attrs:
-        return attrs["sibling_of"] == run_name
-    return attrs.get("source_config") == run_config
+    return attrs.get("source_config", attrs.get("run_config")) == run_config
 
 
 def sibling_files(path: str | Path, run_attrs: Mapping[str, Any] | None = None) -> list[Path]:
     """The post-hoc result files ``RUN.<kind>.nc`` of the run at ``path``, sorted by name.
 
-    Only files written for this run count (see ``_is_sibling_of``): other runs whose names
-    share the prefix, such as a sweep's ``learning_rate=1.5.nc`` next to ``learning_rate=1.nc``,
-    are left alone. ``run_attrs`` (the run's attributes) are read from the file when not given.
+    Only files computed from this run count (same configuration, see ``_is_sibling_of``): other
+    runs whose names share the prefix, such as a sweep's ``learning_rate=1.5.nc`` next to
+    ``learning_rate=1.nc``, and results of an earlier run once saved under this name are left
+    alone. ``run_attrs`` (the run's attributes) are read from the file when not given.
     """
     path = Path(path)
     if run_attrs is None:
@@ -266,7 +266,7 @@ def sibling_files(path: str | Path, run_attrs: Mapping[str, Any] | None = None) 
                 attrs = dict(extra.attrs)
         except (OSError, ValueError, RuntimeError):  # not readable as netCDF: not ours
             continue
-        if _is_sibling_of(attrs, path.name, str(run_attrs.get("config", ""))):
+        if _is_sibling_of(attrs, str(run_attrs.get("config", ""))):
             found.append(candidate)
     return found
 
@@ -301,38 +301,49 @@ def write_sibling(
 ) -> Path:
     """Write a post-hoc result next to its run as ``RUN.<kind>.nc``, never losing earlier ones.
 
-    Where ``RUN.<kind>.nc`` already holds per-step results of the same shape (same variables,
-    dimensions and sizes apart from ``step``), the two are merged: steps computed again are
-    replaced, the others kept. Results that do not fit (another ``k``, other variables) or a
-    file that is not this run's are refused with ``FileExistsError`` unless ``overwrite``.
-    Results without a ``step`` dimension (detected onsets) replace the earlier ones. The file
-    is written under a temporary name, then renamed atomically.
+    The result is stamped with the run's configuration (``source_config``), which ties it to
+    the run. Where ``RUN.<kind>.nc`` already holds per-step results of the same run, shape
+    (variables, dimensions and sizes apart from ``step``) and options (the ``options``
+    attribute, e.g. ``k`` or an NTK ``subset``), the two are merged: steps computed again are
+    replaced, the others kept. Anything else (another ``k``, other options, another run's
+    file) is refused with ``FileExistsError`` unless ``overwrite``. Results without a ``step``
+    dimension (detected onsets) replace the earlier ones. The file is written under a
+    temporary name, then renamed atomically.
     """
     run_path = Path(run_path)
     target = sibling_path(run_path, kind)
-    result = result.assign_attrs(sibling_of=run_path.name)
+    with xr.open_dataset(run_path) as run:
+        config = str(run.attrs.get("config", ""))
+    if "run_config" not in result.attrs:
+        result = result.assign_attrs(source_config=config)
     if target.exists() and not overwrite:
-        result = _merge_into_existing(target, result, run_path)
+        result = _merge_into_existing(target, result, run_path, config)
     tmp = target.with_name(target.name + ".tmp")
     result.to_netcdf(tmp)
     os.replace(tmp, target)
     return target
 
 
-def _merge_into_existing(target: Path, result: xr.Dataset, run_path: Path) -> xr.Dataset:
+def _merge_into_existing(
+    target: Path, result: xr.Dataset, run_path: Path, config: str
+) -> xr.Dataset:
     """``result`` with the steps of the existing ``target`` that it does not recompute."""
     hint = "pass overwrite=True (--overwrite on the command line) to replace it"
-    with xr.open_dataset(run_path) as run:
-        config = str(run.attrs.get("config", ""))
     with xr.open_dataset(target) as old:
         old = old.load()
-    if not _is_sibling_of(old.attrs, run_path.name, config):
+    if not _is_sibling_of(old.attrs, config):
         raise FileExistsError(
-            f"{str(target)!r} exists but is not a post-hoc result of {str(run_path)!r}; "
-            f"move it away or {hint}."
+            f"{str(target)!r} exists but was not computed from {str(run_path)!r} as it is now "
+            f"(another run's results, or this name's earlier run); move it away or {hint}."
         )
     if STEP not in result.dims or STEP not in old.dims:
         return result
+    if old.attrs.get("options") != result.attrs.get("options"):
+        raise FileExistsError(
+            f"{str(target)!r} already holds results computed with other options "
+            f"({old.attrs.get('options')} there, {result.attrs.get('options')} now); nothing "
+            f"was written. Choose the same options, or {hint}."
+        )
     differences = [
         name
         for name in set(result.data_vars) | set(old.data_vars)
