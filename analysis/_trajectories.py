@@ -137,6 +137,15 @@ def hessian_trajectory(
         options = {"tol": float(np.sqrt(eps)), "num_iterations": POST_HOC_ITERATIONS, **options}
         if steps is not None:  # each checkpoint warm-starts the next: go forward in time
             steps = sorted({int(s) for s in np.atleast_1d(np.asarray(steps))})
+    recorded = {"k": k, "warm": warm, "projection": projection, "density": density, **options}
+    if density:
+        recorded.update(
+            num_probes=num_probes,
+            density_num_matvecs=density_num_matvecs,
+            num_points=num_points,
+            sigma=sigma,
+        )
+    _check_append(run, "hessian", append, overwrite, recorded)
     result = map_checkpoints(
         run,
         hessian_metric(k, projection=projection, warm=warm, **options),
@@ -157,14 +166,6 @@ def hessian_trajectory(
             progress=progress,
         )
         result = xr.merge([result, dens])
-    recorded = {"k": k, "warm": warm, "projection": projection, "density": density, **options}
-    if density:
-        recorded.update(
-            num_probes=num_probes,
-            density_num_matvecs=density_num_matvecs,
-            num_points=num_points,
-            sigma=sigma,
-        )
     return _finish(run, result, "hessian", append, overwrite, recorded)
 
 
@@ -261,6 +262,8 @@ def ntk_trajectory(
             )
         index = np.round(np.linspace(0, num_samples - 1, subset)).astype(np.int64)
         num_samples = subset
+    recorded = {"k": k, "full": full, "eigenvectors": eigenvectors, "subset": subset, **options}
+    _check_append(run, "ntk", append, overwrite, recorded)
     if full:
         metric = _on_subset(
             _ntk_full_metric(eigenvectors, config.learning_rate, num_samples), index
@@ -278,7 +281,6 @@ def ntk_trajectory(
             progress=progress,
         )
         result = result.drop_vars("ntk_restarted")
-    recorded = {"k": k, "full": full, "eigenvectors": eigenvectors, "subset": subset, **options}
     return _finish(run, result, "ntk", append, overwrite, recorded)
 
 
@@ -321,11 +323,23 @@ def checkpoint_section(
     )
 
 
+def _options_attr(options: dict) -> str:
+    return json.dumps(options, sort_keys=True, default=str)
+
+
+def _check_append(run: Any, kind: str, append: bool, overwrite: bool, options: dict) -> None:
+    """Refuse before computing what ``write_sibling`` would refuse after (another run, options)."""
+    if append and not overwrite and isinstance(run, str | Path):
+        from training import check_sibling
+
+        check_sibling(run, kind, _options_attr(options))
+
+
 def _finish(
     run: Any, result: xr.Dataset, kind: str, append: bool, overwrite: bool, options: dict
 ) -> xr.Dataset:
     # The options that shape the values, so results computed otherwise are never merged.
-    result = result.assign_attrs(options=json.dumps(options, sort_keys=True, default=str))
+    result = result.assign_attrs(options=_options_attr(options))
     for dim in ("eigen_index", "ntk_eigen_index", NTK_MODE):
         if dim in result.dims:
             result = result.assign_coords({dim: np.arange(1, result.sizes[dim] + 1)})

@@ -142,3 +142,16 @@ def test_results_with_other_options_are_not_merged(runs):
     ntk_trajectory(first, steps=[40], k=2, append=True)  # same options: merged
     with xr.open_dataset(sibling_path(first, "ntk")) as ds:
         np.testing.assert_array_equal(ds["step"], [0, 20, 40])
+
+
+def test_refusals_come_before_the_computation(runs, monkeypatch):
+    first, _ = runs
+    hessian_trajectory(first, steps=[0], k=2, append=True)
+    import analysis._trajectories as trajectories
+
+    def never(*args, **kwargs):
+        raise AssertionError("computed although the result would be refused")
+
+    monkeypatch.setattr(trajectories, "map_checkpoints", never)
+    with pytest.raises(FileExistsError, match="computed with other options"):
+        hessian_trajectory(first, steps=[20], k=3, append=True)

@@ -15,6 +15,7 @@ from training._metrics import Context, Metric, stateless
 from training._models import Model, Params, mlp
 from training._runfile import (
     STEP_VARIABLES,
+    check_sibling,
     open_run,
     sibling_files,
     sibling_path,
@@ -52,6 +53,7 @@ __all__ = [
     "Restored",
     "TrainConfig",
     "build",
+    "check_sibling",
     "config_of",
     "context",
     "hessian_metric",

@@ -324,26 +324,55 @@ def write_sibling(
     return target
 
 
+_OVERWRITE_HINT = "pass overwrite=True (--overwrite on the command line) to replace it"
+
+
+def check_sibling(run_path: str | Path, kind: str, options: str | None) -> None:
+    """Raise ``FileExistsError`` now if results of ``kind`` with ``options`` (the JSON of a
+    result's ``options`` attribute) could not be merged into ``RUN.<kind>.nc``: the file is
+    another run's, or holds results computed with other options. Called before a long
+    computation whose result :func:`write_sibling` would otherwise refuse at the end."""
+    run_path = Path(run_path)
+    target = sibling_path(run_path, kind)
+    if not target.exists():
+        return
+    with xr.open_dataset(run_path) as run:
+        config = str(run.attrs.get("config", ""))
+    with xr.open_dataset(target) as old:
+        _check_mergeable(target, dict(old.attrs), run_path, config, options)
+
+
+def _check_same_run(target: Path, attrs: Mapping[str, Any], run_path: Path, config: str) -> None:
+    if not _is_sibling_of(attrs, config):
+        raise FileExistsError(
+            f"{str(target)!r} exists but was not computed from {str(run_path)!r} as it is now "
+            f"(another run's results, or this name's earlier run); move it away or "
+            f"{_OVERWRITE_HINT}."
+        )
+
+
+def _check_mergeable(
+    target: Path, attrs: Mapping[str, Any], run_path: Path, config: str, options: str | None
+) -> None:
+    _check_same_run(target, attrs, run_path, config)
+    if attrs.get("options") != options:
+        raise FileExistsError(
+            f"{str(target)!r} already holds results computed with other options "
+            f"({attrs.get('options')} there, {options} now); nothing was written. Choose the "
+            f"same options, or {_OVERWRITE_HINT}."
+        )
+
+
 def _merge_into_existing(
     target: Path, result: xr.Dataset, run_path: Path, config: str
 ) -> xr.Dataset:
     """``result`` with the steps of the existing ``target`` that it does not recompute."""
-    hint = "pass overwrite=True (--overwrite on the command line) to replace it"
     with xr.open_dataset(target) as old:
         old = old.load()
-    if not _is_sibling_of(old.attrs, config):
-        raise FileExistsError(
-            f"{str(target)!r} exists but was not computed from {str(run_path)!r} as it is now "
-            f"(another run's results, or this name's earlier run); move it away or {hint}."
-        )
-    if STEP not in result.dims or STEP not in old.dims:
+    if STEP not in result.dims or STEP not in old.dims:  # whole-run results: replaced
+        _check_same_run(target, old.attrs, run_path, config)
         return result
-    if old.attrs.get("options") != result.attrs.get("options"):
-        raise FileExistsError(
-            f"{str(target)!r} already holds results computed with other options "
-            f"({old.attrs.get('options')} there, {result.attrs.get('options')} now); nothing "
-            f"was written. Choose the same options, or {hint}."
-        )
+    _check_mergeable(target, old.attrs, run_path, config, result.attrs.get("options"))
     differences = [
         name
         for name in set(result.data_vars) | set(old.data_vars)
@@ -356,7 +385,7 @@ def _merge_into_existing(
         raise FileExistsError(
             f"{str(target)!r} already holds results that differ from the new ones in "
             f"{', '.join(sorted(differences))} (other variables or sizes, e.g. another k); "
-            f"nothing was written. Choose the same options, or {hint}."
+            f"nothing was written. Choose the same options, or {_OVERWRITE_HINT}."
         )
     kept = old.sel({STEP: ~old[STEP].isin(result[STEP].values)})
     if kept.sizes[STEP] == 0:
