@@ -205,7 +205,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"(lr {config.learning_rate:g}); oscillations stop at step {config.stop_after}"
     )
     ds = _run_training(config, overwrite=args.overwrite, quiet=args.quiet)
-    ntk = ntk_trajectory(run_path, k=1, append=True, progress=not args.quiet)
+    ntk = ntk_trajectory(
+        run_path, k=1, append=True, overwrite=args.overwrite, progress=not args.quiet
+    )
     ds = open_run(run_path)  # with the NTK sibling merged
     onsets = detect_onsets(ds)
     print(

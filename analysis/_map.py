@@ -20,6 +20,7 @@ from training import (
     context,
     open_run,
     precision,
+    sibling_path,
     unflatten,
     write_sibling,
 )
@@ -136,6 +137,8 @@ def map_checkpoints(
     name = name or getattr(fn, "__name__", None) or "diagnostic"
     if name == "<lambda>":
         raise ValueError("a lambda has no name; pass name='...' to map_checkpoints.")
+    if append:
+        sibling_path(run, name)  # a name that cannot be a file name is refused now
     opened = isinstance(run, str | Path)
     ds = open_run(run) if opened else run
     try:
@@ -171,8 +174,8 @@ def map_checkpoints(
                 try:  # merged with earlier results of the same shape, never replacing them
                     write_sibling(run, name, partial, overwrite=False)
                     written = " and were merged into the results next to the run"
-                except FileExistsError:
-                    written = " (not written: the results next to the run differ in shape)"
+                except FileExistsError as refused:
+                    written = f" (not written next to the run: {refused})"
             raise DiagnosticError(
                 f"diagnostic {name!r} failed at step {failure.step}: "
                 f"{type(failure.error).__name__}: {str(failure.error).rstrip('.')}. Results of "

@@ -477,8 +477,9 @@ def detect_onsets(
     Sampling: one record per step is assumed (`step` 0, 1, 2, … without gaps; NaN losses break
     alternation). λ values at a step are the last tracked value at or before it, carried at
     most one tracking interval (the median spacing of the tracked steps, i.e. `track_every`)
-    forward; an onset farther from any λ sample (λ computed post hoc at a few checkpoints) gets
-    NaN λ rather than a stale one.
+    forward; an onset farther than that from any λ sample (λ computed post hoc at a few chosen
+    checkpoints) gets NaN λ rather than a stale one. λ computed post hoc at every checkpoint
+    is carried over the checkpoint spacing: track online for λ at the onset itself.
 
     Args:
         run: a run Dataset (run-file conventions) or any Dataset with `variable(step)`.

@@ -262,7 +262,9 @@ def ntk_trajectory(
             )
         index = np.round(np.linspace(0, num_samples - 1, subset)).astype(np.int64)
         num_samples = subset
-    recorded = {"k": k, "full": full, "eigenvectors": eigenvectors, "subset": subset, **options}
+    recorded = {"full": full, "eigenvectors": eigenvectors, "subset": subset, **options}
+    if not full:  # the full spectrum does not depend on k
+        recorded["k"] = k
     _check_append(run, "ntk", append, overwrite, recorded)
     if full:
         metric = _on_subset(
@@ -324,7 +326,15 @@ def checkpoint_section(
 
 
 def _options_attr(options: dict) -> str:
-    return json.dumps(options, sort_keys=True, default=str)
+    """Options as sorted JSON, NumPy and JAX scalars as plain numbers (40, not "40")."""
+
+    def plain(value: Any) -> Any:
+        try:
+            return np.asarray(value).tolist()
+        except Exception:
+            return str(value)
+
+    return json.dumps(options, sort_keys=True, default=plain)
 
 
 def _check_append(run: Any, kind: str, append: bool, overwrite: bool, options: dict) -> None:

@@ -86,12 +86,13 @@ def lanczos(num_matvecs: int, *, reortho: str = "full") -> Callable[..., Krylov]
     rounding noise. Normalising that noise, as plain Lanczos does (matfree 0.6.3's
     ``tridiag_sym`` among them, which is why this module has its own loop), gives a basis
     that is not orthogonal and Ritz values far outside the spectrum. Here, once the new
-    vector is shorter than ``sqrt(eps) * max_i ||A q_i||`` (or zero), the recurrence restarts from
-    a pseudo-random vector orthogonalised against the basis, with zero coupling; the Ritz
-    values stay those of a true Rayleigh-Ritz step on an orthonormal basis. With full
-    reorthogonalisation a restart vector is projected at every step alongside the new one
-    (no branch, so the loop stays cheap under ``jax.vmap``); the restart vectors are drawn
-    up front, (m + 1, P) numbers besides the (m, P) basis.
+    vector is shorter than ``sqrt(eps) * ||A q_j||``, or ``A q_j`` itself is rounding noise
+    (below ``100 eps max_i ||A q_i||``, after a restart into a null space), the recurrence
+    restarts from a pseudo-random vector orthogonalised against the basis, with zero
+    coupling; the Ritz values stay those of a true Rayleigh-Ritz step on an orthonormal
+    basis. With full reorthogonalisation a restart vector is projected at every step
+    alongside the new one (no branch, so the loop stays cheap under ``jax.vmap``); the
+    restart vectors are drawn up front, (m + 1, P) numbers besides the (m, P) basis.
 
     Args:
         num_matvecs: number of steps ``m``, ``1 <= m <= P`` (``P`` of the start vector).
@@ -122,7 +123,8 @@ def lanczos(num_matvecs: int, *, reortho: str = "full") -> Callable[..., Krylov]
                 f"num_matvecs must be <= P = {p}, the length of the start vector (got {m})."
             )
         dtype = v0.dtype
-        threshold = jnp.sqrt(jnp.finfo(dtype).eps)
+        eps = jnp.finfo(dtype).eps
+        threshold = jnp.sqrt(eps)
         tiny = jnp.finfo(dtype).tiny
         # Restart vectors, drawn at once (cheaper than one draw per step on CPU).
         randoms = jax.random.normal(jax.random.key(0x1A2C05), (m + 1, p), dtype)
@@ -140,8 +142,10 @@ def lanczos(num_matvecs: int, *, reortho: str = "full") -> Callable[..., Krylov]
             basis = basis.at[j].set(q)
             w = matvec(q)
             # Largest ||A q_i|| so far: after a restart into a null space A q is rounding noise,
-            # and comparing the new vector with that noise would never flag the breakdown.
-            scale = jnp.maximum(scale, jnp.linalg.norm(w))
+            # and comparing the new vector with that noise alone would not flag the breakdown.
+            size = jnp.linalg.norm(w)
+            scale = jnp.maximum(scale, size)
+            noise = size <= 100 * eps * scale
             if reortho == "full":
                 # Matrix-vector products, not one (2, P) block: ~5x faster on CPU (measured).
                 h = basis @ w
@@ -150,14 +154,14 @@ def lanczos(num_matvecs: int, *, reortho: str = "full") -> Callable[..., Krylov]
                 w = w - h2 @ basis
                 matrix = matrix.at[:, j].set(h + h2)
                 restart = fresh(basis, j)
-                broke = jnp.linalg.norm(w) <= threshold * scale
+                broke = (jnp.linalg.norm(w) <= threshold * size) | noise
             else:
                 alpha = q @ w
                 w = w - alpha * q - beta * previous
                 # Column j of the tridiagonal: alpha_j and, above it, beta_{j-1}.
                 column = jnp.zeros((m,), dtype).at[j].set(alpha)
                 matrix = matrix.at[:, j].set(column.at[jnp.maximum(j - 1, 0)].add(beta))
-                broke = jnp.linalg.norm(w) <= threshold * scale
+                broke = (jnp.linalg.norm(w) <= threshold * size) | noise
                 restart = jax.lax.cond(
                     broke, lambda: fresh(basis, j), lambda: jnp.zeros((p,), dtype)
                 )

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental.sparse.linalg import lobpcg_standard
 from jax.flatten_util import ravel_pytree
 
@@ -139,7 +140,7 @@ def hessian_tracker(
     min_iterations = {"block": 0, "jax_lobpcg": 1, "lanczos": k}[method]
     if (
         isinstance(num_iterations, bool)
-        or not isinstance(num_iterations, int)
+        or not isinstance(num_iterations, int | np.integer)
         or num_iterations < min_iterations
     ):
         raise ValueError(
@@ -155,6 +156,7 @@ def hessian_tracker(
             f"restart_tol must be >= tol (got restart_tol={restart_tol!r}, tol={tol!r}); "
             "warm results already accepted at tol would otherwise trigger restarts."
         )
+    num_iterations = int(num_iterations)
     sign = 1.0 if which == "largest" else -1.0
 
     def init(params: PyTree, key: jax.Array) -> TrackerState:

@@ -155,3 +155,31 @@ def test_refusals_come_before_the_computation(runs, monkeypatch):
     monkeypatch.setattr(trajectories, "map_checkpoints", never)
     with pytest.raises(FileExistsError, match="computed with other options"):
         hessian_trajectory(first, steps=[20], k=3, append=True)
+
+
+def test_a_copy_of_the_run_keeps_its_own_results(runs, tmp_path):
+    first, _ = runs
+    import shutil
+
+    copy = tmp_path / "lr=1.backup.nc"
+    shutil.copy(first, copy)
+    map_checkpoints(copy, loss_value, steps=[40], append=True)  # lr=1.backup.loss_value.nc
+    assert sibling_files(first) == [sibling_path(first, "loss_value")]
+    train(TINY.replace(output=str(first)), overwrite=True)
+    assert sibling_path(copy, "loss_value").exists()
+    with pytest.raises(ValueError, match=r"without '\.' or '/'"):
+        map_checkpoints(first, loss_value, name="a.b", append=True)
+
+
+def test_results_without_recorded_options_still_merge(runs):
+    first, _ = runs
+    hessian_trajectory(first, steps=[0], k=1, append=True)
+    target = sibling_path(first, "hessian")
+    with xr.open_dataset(target) as ds:
+        legacy = ds.load()
+    del legacy.attrs["options"]  # as written before options were recorded
+    legacy.to_netcdf(target)
+    hessian_trajectory(first, steps=[20], k=1, num_iterations=np.int64(20), append=True)
+    with xr.open_dataset(target) as ds:
+        np.testing.assert_array_equal(ds["step"], [0, 20])
+        assert '"num_iterations": 20' in ds.attrs["options"]

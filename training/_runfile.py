@@ -71,6 +71,11 @@ def package_version() -> str:
 
 def sibling_path(path: str | Path, kind: str) -> Path:
     """``RUN.nc`` -> ``RUN.<kind>.nc``: where post-hoc results of ``kind`` are written."""
+    if not kind or "." in kind or "/" in kind:
+        raise ValueError(
+            f"a result name must be non-empty, without '.' or '/' (got {kind!r}); it becomes "
+            "the file name RUN.<name>.nc."
+        )
     path = Path(path)
     return path.with_name(f"{path.stem}.{kind}{path.suffix}")
 
@@ -259,7 +264,8 @@ def sibling_files(path: str | Path, run_attrs: Mapping[str, Any] | None = None) 
             run_attrs = dict(ds.attrs)
     found = []
     for candidate in sorted(path.parent.glob(f"{path.stem}.*{path.suffix}")):
-        if candidate == path or candidate.name.endswith(".tmp"):
+        kind = candidate.name[len(path.stem) + 1 : -len(path.suffix)]
+        if candidate == path or "." in kind:  # RUN.backup.hessian.nc is RUN.backup's
             continue
         try:
             with xr.open_dataset(candidate) as extra:
@@ -355,7 +361,8 @@ def _check_mergeable(
     target: Path, attrs: Mapping[str, Any], run_path: Path, config: str, options: str | None
 ) -> None:
     _check_same_run(target, attrs, run_path, config)
-    if attrs.get("options") != options:
+    # Results written before options were recorded (no attribute) merge if their shapes fit.
+    if "options" in attrs and attrs["options"] != options:
         raise FileExistsError(
             f"{str(target)!r} already holds results computed with other options "
             f"({attrs.get('options')} there, {options} now); nothing was written. Choose the "
