@@ -300,8 +300,8 @@ def _add_overwrite_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace earlier results of another shape (default: merge results of the same "
-        "shape, steps computed again replaced, and refuse the rest)",
+        help="replace earlier results of another shape or options (default: merge results "
+        "of the same shape and options, steps computed again replaced, and refuse the rest)",
     )
 
 

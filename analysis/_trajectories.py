@@ -19,7 +19,7 @@ import xarray as xr
 
 from analysis._map import map_checkpoints
 from curvature import empirical_ntk, ntk_spectrum, spectral_density, stability_factors
-from training import Context, Metric, config_of, open_run
+from training import Context, Metric, check_sibling, config_of, open_run, write_sibling
 from training._diagnostics import hessian_metric, ntk_metric
 
 NTK_MODE = "ntk_mode"
@@ -123,9 +123,9 @@ def hessian_trajectory(
     ``num_matvecs``, ...). The density's Lanczos depth is ``density_num_matvecs`` (default
     ``min(80, P)``).
 
-    ``append=True`` writes the result to ``RUN.hessian.nc``, keeping the steps of an earlier
-    result of the same shape; ``overwrite=True`` replaces it whatever it holds (see
-    :func:`training.write_sibling`).
+    ``append=True`` writes the result to ``RUN.hessian.nc``, keeping the other steps of an
+    earlier result of the same shape and options (others are refused before computing);
+    ``overwrite=True`` replaces it whatever it holds (see :func:`training.write_sibling`).
     """
     if warm:
         if isinstance(run, str | Path):
@@ -340,8 +340,6 @@ def _options_attr(options: dict) -> str:
 def _check_append(run: Any, kind: str, append: bool, overwrite: bool, options: dict) -> None:
     """Refuse before computing what ``write_sibling`` would refuse after (another run, options)."""
     if append and not overwrite and isinstance(run, str | Path):
-        from training import check_sibling
-
         check_sibling(run, kind, _options_attr(options))
 
 
@@ -356,7 +354,5 @@ def _finish(
     if append:
         if not isinstance(run, str | Path):
             raise ValueError("append=True needs the run's file path, not an opened Dataset.")
-        from training import write_sibling
-
         write_sibling(run, kind, result, overwrite=overwrite)
     return result
