@@ -132,10 +132,17 @@ def lanczos(num_matvecs: int, *, reortho: str = "full") -> Callable[..., Krylov]
         def normalised(v: jax.Array) -> jax.Array:
             return v / jnp.maximum(jnp.linalg.norm(v), tiny)
 
+        def project(basis: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
+            """``v`` orthogonalised twice against the rows, and its coefficients on them.
+
+            Matrix-vector products, not one (2, P) block of vectors: ~5x faster on CPU."""
+            h = basis @ v
+            v = v - h @ basis
+            h2 = basis @ v
+            return v - h2 @ basis, h + h2
+
         def fresh(basis: jax.Array, j: jax.Array | int) -> jax.Array:
-            r = randoms[j]
-            r = r - (basis @ r) @ basis
-            return normalised(r - (basis @ r) @ basis)
+            return normalised(project(basis, randoms[j])[0])
 
         def step(j: jax.Array, carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
             basis, matrix, q, previous, beta, scale = carry
@@ -147,12 +154,8 @@ def lanczos(num_matvecs: int, *, reortho: str = "full") -> Callable[..., Krylov]
             scale = jnp.maximum(scale, size)
             noise = size <= 100 * eps * scale
             if reortho == "full":
-                # Matrix-vector products, not one (2, P) block: ~5x faster on CPU (measured).
-                h = basis @ w
-                w = w - h @ basis
-                h2 = basis @ w
-                w = w - h2 @ basis
-                matrix = matrix.at[:, j].set(h + h2)
+                w, column = project(basis, w)
+                matrix = matrix.at[:, j].set(column)
                 restart = fresh(basis, j)
                 broke = (jnp.linalg.norm(w) <= threshold * size) | noise
             else:

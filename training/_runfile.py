@@ -302,6 +302,12 @@ def _open_dataset(path: Path) -> xr.Dataset:
     return xr.open_dataset(path)
 
 
+def _config_attr(run_path: Path) -> str:
+    """The run's configuration JSON (its identity for its post-hoc results)."""
+    with xr.open_dataset(run_path) as run:
+        return str(run.attrs.get("config", ""))
+
+
 def write_sibling(
     run_path: str | Path, kind: str, result: xr.Dataset, *, overwrite: bool = False
 ) -> Path:
@@ -318,8 +324,7 @@ def write_sibling(
     """
     run_path = Path(run_path)
     target = sibling_path(run_path, kind)
-    with xr.open_dataset(run_path) as run:
-        config = str(run.attrs.get("config", ""))
+    config = _config_attr(run_path)
     if "run_config" not in result.attrs:
         result = result.assign_attrs(source_config=config)
     if target.exists() and not overwrite:
@@ -342,8 +347,7 @@ def check_sibling(run_path: str | Path, kind: str, options: str | None) -> None:
     target = sibling_path(run_path, kind)
     if not target.exists():
         return
-    with xr.open_dataset(run_path) as run:
-        config = str(run.attrs.get("config", ""))
+    config = _config_attr(run_path)
     with xr.open_dataset(target) as old:
         _check_mergeable(target, dict(old.attrs), run_path, config, options)
 
