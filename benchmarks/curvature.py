@@ -1,6 +1,7 @@
 """Cost of per-step Hessian top-3 tracking, as a multiple of one plain training step.
 
 Run:  .venv/bin/python benchmarks/curvature.py [--widths 100 1000] [--steps 2000 400] [--k 3]
+          [--rows block tol iter4 lobpcg lanczos seq vmap] [--no-post-hoc]
 
 The trainer's own spiral problem (DCE, triangle Γ with amplitude 70 and period 2000, full-batch
 GD at η = 1, float32 unless --dtype float64): the Hessian changes every step, as in the 2021
@@ -8,10 +9,12 @@ paper's runs. For each width, inside one jitted ``lax.scan`` over S steps from i
 
   plain              one training step (loss with Γ(step), gradient, update)
   floor: 3 HVPs      the step plus 3 fresh Hessian-vector products and nothing else: what any
-                     tracker that reports true residuals of 3 vectors at every step must pay
-  warm ...           the step plus ``hessian_tracker(3).update`` (default block method and
-                     tolerance, a looser tolerance, the former cap of 4 expansions, the
-                     other warm methods)
+                     tracker that reports true residuals of 3 vectors at every step must pay;
+                     "seq." multiplies them one after the other, "vmap" as one vmapped product
+  warm ...           the step plus ``hessian_tracker(3).update`` (--rows: default block method
+                     and tolerance, a looser tolerance, the former cap of 4 expansions, the
+                     other warm methods, and the default with products forced sequential or
+                     vmapped, see ``curvature._hessian.VMAP_PRODUCTS``)
   cold Lanczos(64)   the step plus ``hessian_top_k(loss, params, 3)`` from scratch (S/10 steps)
 
 Columns: µs per step, the tracking cost (tracked step − plain step) in plain steps and its ratio
@@ -39,6 +42,7 @@ import numpy as np
 import optax
 
 from analysis import hessian_trajectory
+from curvature import _hessian as curvature_hessian
 from curvature import hessian_exact, hessian_operator, hessian_top_k, hessian_tracker
 from training import TrainConfig, build, context, initial_state, train
 
@@ -87,6 +91,17 @@ def _floor(ctx, vectors):
     return (zeros, jnp.zeros((), bool), jnp.zeros((), jnp.int32)), vectors
 
 
+@contextlib.contextmanager
+def _products(vmapped: bool | None):
+    """Force ``FlatOperator.matmat`` to vmap its products (True) or run them in sequence."""
+    before = curvature_hessian.VMAP_PRODUCTS
+    curvature_hessian.VMAP_PRODUCTS = vmapped
+    try:
+        yield
+    finally:
+        curvature_hessian.VMAP_PRODUCTS = before
+
+
 def _tracked(tracker):
     def extra(ctx, state):
         eig, state = tracker.update(ctx.loss_fn, ctx.params, state)
@@ -105,27 +120,32 @@ def _cold(k):
     return extra
 
 
-def measure(width: int, steps: int, dtype: str, k: int) -> None:
-    """Print the per-step rows of one width."""
+#: Warm rows: label -> (hessian_tracker options, products vmapped or not; None = default).
+WARM = {
+    "block": ("warm block (default)", {}, None),
+    "tol": ("warm block tol=1e-2", {"tol": 1e-2}, None),
+    "iter4": ("warm block num_iter=4", {"num_iterations": 4}, None),
+    "lobpcg": ("warm jax_lobpcg(8)", {"method": "jax_lobpcg"}, None),
+    "lanczos": ("warm lanczos(8)", {"method": "lanczos"}, None),
+    "seq": ("warm block, seq. HVPs", {}, False),
+    "vmap": ("warm block, vmap HVPs", {}, True),
+    "two": ("warm two_batch (2)", {"method": "two_batch"}, None),
+    "two1": ("warm two_batch (1)", {"method": "two_batch", "num_iterations": 1}, None),
+    "two3": ("warm two_batch (3)", {"method": "two_batch", "num_iterations": 3}, None),
+    "two_seq": ("warm two_batch, seq.", {"method": "two_batch"}, False),
+    "two_vmap": ("warm two_batch, vmap", {"method": "two_batch"}, True),
+}
+
+
+def measure(width: int, steps: int, dtype: str, k: int, rows_wanted: list[str]) -> None:
+    """Print the per-step rows of one width, each as soon as it is timed."""
     problem = build(TrainConfig(hidden_widths=(width,), amplitude=70.0, period=2000.0, dtype=dtype))
     params = initial_state(problem)[0]
     p = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
     plain, _ = _scan_cost(problem, steps, k)
-    vectors = jax.random.normal(jax.random.key(1), (k, p), problem.dtype)
-    rows = [(f"floor: {k} HVPs", *_scan_cost(problem, steps, k, _floor, vectors))]
-    for label, options in (
-        ("warm block (default)", {}),
-        ("warm block tol=1e-2", {"tol": 1e-2}),
-        ("warm block num_iter=4", {"num_iterations": 4}),
-        ("warm jax_lobpcg(8)", {"method": "jax_lobpcg"}),
-        ("warm lanczos(8)", {"method": "lanczos"}),
-    ):
-        tracker = hessian_tracker(k, **options)
-        state = tracker.init(params, jax.random.key(2))
-        rows.append((label, *_scan_cost(problem, steps, k, _tracked(tracker), state)))
-    rows.append(("cold Lanczos(64)", *_scan_cost(problem, max(steps // 10, 10), k, _cold(k))))
     print(f"{width:>6} {'plain step':<22} {plain * 1e6:>9.1f} {'':>7} {'':>7}   (P = {p})")
-    for label, cost, (relres, restarted, expansions) in rows:
+
+    def row(label, cost, relres, restarted, expansions):
         extra = (cost - plain) / plain
         stats = ""
         if label.startswith(("warm", "cold")):
@@ -136,8 +156,24 @@ def measure(width: int, steps: int, dtype: str, k: int) -> None:
             )
         print(
             f"{width:>6} {label:<22} {cost * 1e6:>9.1f} {extra:>7.2f} {extra / TARGET:>7.2f} "
-            f"{stats}"
+            f"{stats}",
+            flush=True,
         )
+
+    vectors = jax.random.normal(jax.random.key(1), (k, p), problem.dtype)
+    for label, vmapped in (("seq.", False), ("vmap", True)):
+        with _products(vmapped):
+            cost, stats = _scan_cost(problem, steps, k, _floor, vectors)
+        row(f"floor: {k} HVPs {label}", cost, *stats)
+    for name in rows_wanted:
+        label, options, vmapped = WARM[name]
+        tracker = hessian_tracker(k, **options)
+        state = tracker.init(params, jax.random.key(2))
+        with _products(vmapped if vmapped is not None else curvature_hessian.VMAP_PRODUCTS):
+            cost, stats = _scan_cost(problem, steps, k, _tracked(tracker), state)
+        row(label, cost, *stats)
+    cost, stats = _scan_cost(problem, max(steps // 10, 10), k, _cold(k))
+    row("cold Lanczos(64)", cost, *stats)
 
 
 def post_hoc(width: int, checkpoints: int, dtype: str, k: int) -> None:
@@ -196,6 +232,14 @@ def main() -> None:
         "--k", type=int, default=3, help="eigenpairs tracked (default 3; 1 = λ_max alone)"
     )
     parser.add_argument(
+        "--rows",
+        nargs="+",
+        choices=list(WARM),
+        default=["block", "tol", "iter4", "lobpcg", "lanczos"],
+        help="warm rows to time (seq/vmap: default block with products forced one way)",
+    )
+    parser.add_argument("--no-post-hoc", action="store_true", help="skip the run-file timing")
+    parser.add_argument(
         "--exact", action="store_true", help="also time hessian_exact's chunk sizes"
     )
     args = parser.parse_args()
@@ -208,8 +252,8 @@ def main() -> None:
         f"{'restarts':>9} {'expan.':>6} {'med relres':>9} {'max relres':>9}"
     )
     for width, n in zip(args.widths, steps, strict=True):
-        measure(width, n, args.dtype, args.k)
-    for width in args.widths:
+        measure(width, n, args.dtype, args.k, args.rows)
+    for width in [] if args.no_post_hoc else args.widths:
         post_hoc(width, args.checkpoints, args.dtype, args.k)
     if args.exact:
         for width in args.widths:

@@ -10,6 +10,7 @@ from jax.flatten_util import ravel_pytree
 
 from curvature._hessian import LossFn, PyTree, hessian_operator
 from curvature._lanczos import REORTHO, lanczos
+from curvature._precision import full_precision
 
 
 class Density(NamedTuple):
@@ -53,6 +54,7 @@ def broaden(
     return density / jnp.trapezoid(density, grid)
 
 
+@full_precision
 def spectral_density(
     loss_fn: LossFn,
     params: PyTree,

@@ -11,6 +11,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from curvature._hessian import Eigen, FlatOperator, LossFn, PyTree, hessian_operator
+from curvature._precision import full_precision
 
 WHICH = ("largest", "smallest")
 REORTHO = ("full", "none")
@@ -181,9 +182,10 @@ def lanczos(num_matvecs: int, *, reortho: str = "full") -> Callable[..., Krylov]
         upper = jnp.triu(matrix)
         return Krylov(basis=basis, matrix=upper + jnp.triu(upper, 1).T)
 
-    return algorithm
+    return full_precision(algorithm)
 
 
+@full_precision
 def lanczos_top_k(
     op: FlatOperator,
     k: int,
@@ -232,6 +234,7 @@ def with_residuals(op: FlatOperator, values: jax.Array, vectors: jax.Array) -> E
     return Eigen(eigenvalues=values, eigenvectors=vectors, residuals=residuals)
 
 
+@full_precision
 def hessian_top_k(
     loss_fn: LossFn,
     params: PyTree,
@@ -245,9 +248,9 @@ def hessian_top_k(
 ) -> Eigen:
     """The k largest (or most negative) Hessian eigenpairs by Lanczos, matrix-free.
 
-    Runs ``num_matvecs`` Lanczos steps (``matfree.decomp.tridiag_sym``, full
+    Runs ``num_matvecs`` Lanczos steps (:func:`lanczos`, full
     reorthogonalisation by default) from ``v0`` on Hessian-vector products (the gradient is
-    linearised once at ``params``), takes ``eigh`` of the tridiagonal matrix and maps the
+    linearised once at ``params``), takes ``eigh`` of the projected matrix and maps the
     chosen Ritz vectors back. Residuals ``||H v - lambda v||`` are then evaluated with k
     further Hessian-vector products, so they are true residuals, not Krylov estimates.
     A repeated eigenvalue is found once per Krylov start in exact arithmetic; with full

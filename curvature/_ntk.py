@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from curvature._precision import full_precision
+
 PyTree = Any
 ApplyFn = Callable[[PyTree, jax.Array], jax.Array]
 
@@ -383,6 +385,7 @@ def _neural_tangents_ntk(
     return fn(x1, x2, params)
 
 
+@full_precision
 def empirical_ntk(
     apply_fn: ApplyFn,
     params: PyTree,
@@ -492,6 +495,7 @@ def empirical_ntk(
     )
 
 
+@full_precision
 def ntk_operator(
     apply_fn: ApplyFn, params: PyTree, x: jax.Array
 ) -> Callable[[jax.Array], jax.Array]:
@@ -517,7 +521,7 @@ def ntk_operator(
             return single(v)
         return jax.vmap(single, in_axes=1, out_axes=1)(v)
 
-    return matvec
+    return full_precision(matvec)
 
 
 __all__ = [

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from curvature._ntk import ApplyFn, empirical_ntk, output_shape
+from curvature._precision import full_precision
 
 PyTree = Any
 
@@ -134,6 +135,7 @@ def _psd_sqrt(h: jax.Array) -> jax.Array:
     return jnp.einsum("nij,nj,nkj->nik", vectors, roots, vectors)
 
 
+@full_precision
 def loss_ntk(
     apply_fn: ApplyFn,
     params: PyTree,

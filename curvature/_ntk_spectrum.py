@@ -17,6 +17,7 @@ from jax.experimental.sparse.linalg import lobpcg_standard
 
 from curvature._lanczos import lanczos
 from curvature._ntk import ApplyFn, ntk_matrix, ntk_operator, output_shape
+from curvature._precision import full_precision
 
 PyTree = Any
 
@@ -87,6 +88,7 @@ def _as_matrix(kernel: jax.Array) -> jax.Array:
     return kernel
 
 
+@full_precision
 def ntk_spectrum(kernel: jax.Array, *, eigenvectors: bool = False) -> NTKSpectrum:
     """Exact spectrum of an NTK by ``eigh`` of the full matrix.
 
@@ -145,6 +147,7 @@ def _ritz_residuals(
     return jnp.linalg.norm(av - vectors.T * values[None, :], axis=0)
 
 
+@full_precision
 def top_k_eigh(
     matvec: Callable[[jax.Array], jax.Array],
     v0: jax.Array,
@@ -198,6 +201,7 @@ def _widen(v0: jax.Array, k: int) -> jax.Array:
     return jnp.concatenate([v0[:, None], extra], axis=1)
 
 
+@full_precision
 def ntk_top_k(
     apply_fn: ApplyFn,
     params: PyTree,

@@ -19,6 +19,7 @@ import numpy as np
 from jax.experimental.sparse.linalg import lobpcg_standard
 
 from curvature._ntk import ApplyFn, ntk_operator, output_shape
+from curvature._precision import full_precision
 
 PyTree = Any
 
@@ -135,7 +136,7 @@ def ntk_tracker(
         track = NTKTrack(values, residuals, restart)
         return track, NTKTrackerState(vectors, key, jnp.asarray(True))
 
-    return NTKTracker(init, update)
+    return NTKTracker(init, full_precision(update))
 
 
 __all__ = ["NTKTrack", "NTKTracker", "NTKTrackerState", "ntk_tracker"]

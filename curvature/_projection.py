@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from curvature._hessian import LossFn, PyTree
+from curvature._precision import full_precision
 
 
 class GradientProjection(NamedTuple):
@@ -28,6 +29,7 @@ class GradientProjection(NamedTuple):
     grad_norm: jax.Array
 
 
+@full_precision
 def gradient_projection(
     loss_fn: LossFn, params: PyTree, eigenvectors: jax.Array, *, grads: PyTree | None = None
 ) -> GradientProjection:

@@ -12,6 +12,7 @@ import xarray as xr
 from jax.flatten_util import ravel_pytree
 
 from curvature._hessian import LossFn, PyTree
+from curvature._precision import full_precision
 
 A = "a"
 B = "b"
@@ -35,6 +36,7 @@ class Section(NamedTuple):
     path: xr.Dataset | None
 
 
+@full_precision
 def landscape_section(
     loss_fn: LossFn,
     params: PyTree,

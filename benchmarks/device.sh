@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# GPU checks on a lent device machine, in one call (device time is short): the curvature,
+# tracking and sweep benchmarks, and the float64 linear-algebra tests, run unchanged on GPU.
+#
+#   bash benchmarks/device.sh            (from the repository root; output also under $OUT)
+#
+# The device image has JAX, optax, xarray, matplotlib and pytest; the wheels it lacks
+# (netCDF4, cftime, dask, distributed, tomli-w, partd, locket, tornado, tblib, zict) travel
+# in .whl/ (ignored by git; README "Benchmarks" says how to fetch them). PY picks the Python.
+set -uo pipefail
+PY=${PY:-python3}
+OUT=${OUT:-/tmp/dynloss-device}
+mkdir -p "$OUT"
+if [ -d .whl ]; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null
+$PY -c "import jax; print('jax', jax.__version__, jax.devices())"
+
+step() {
+    local name=$1 limit=$2
+    shift 2
+    [ "$limit" -gt 0 ] || return 0
+    echo "== $name (at most ${limit} s)"
+    timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.txt"
+    echo "== $name: exit ${PIPESTATUS[0]}"
+}
+
+step small_ops "${SMALL_OPS_S:-40}" $PY benchmarks/small_ops.py --steps 1000
+step curvature "${CURVATURE_S:-150}" $PY benchmarks/curvature.py --steps 1000 200 \
+    --rows block tol two1 two two3 --no-post-hoc
+step tests "${TESTS_S:-100}" $PY -m pytest -q -p no:cacheprovider tests/test_tracking.py \
+    tests/test_precision.py
+step throughput "${THROUGHPUT_S:-60}" $PY benchmarks/train_throughput.py --steps 2000 \
+    --repeats 1 --tracking
+step sweep "${SWEEP_S:-0}" $PY benchmarks/sweep_throughput.py --runs 10 100 1000 --lanes 10 \
+    --dask-runs 0 --max-run-steps 1e5

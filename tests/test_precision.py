@@ -1,0 +1,99 @@
+"""Every matrix product traced by the curvature functions asks for full precision.
+
+On GPUs float32 products default to TF32 (about 1e-3 relative error); the curvature functions
+trace under ``jax.default_matmul_precision("highest")``. On CPU the effect is invisible in the
+numbers, so these tests read the traced programs instead.
+"""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.extend.core import ClosedJaxpr, Jaxpr
+
+from curvature import (
+    empirical_ntk,
+    gradient_projection,
+    hessian_operator,
+    hessian_top_k,
+    hessian_tracker,
+    hvp,
+    ntk_top_k,
+    spectral_density,
+)
+
+
+def _dot_precisions(jaxpr: Jaxpr) -> list:
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(eqn.params["precision"])
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, tuple | list) else (value,):
+                if isinstance(sub, ClosedJaxpr):
+                    found += _dot_precisions(sub.jaxpr)
+                elif isinstance(sub, Jaxpr):
+                    found += _dot_precisions(sub)
+    return found
+
+
+def _all_highest(fn, *args) -> None:
+    precisions = _dot_precisions(jax.make_jaxpr(fn)(*args).jaxpr)
+    assert precisions, "the traced program has no matrix product to check"
+    highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
+    assert all(p == highest for p in precisions), precisions
+
+
+def _model():
+    key = jax.random.key(0)
+    params = {
+        "w1": jax.random.normal(key, (2, 8)),
+        "w2": jax.random.normal(jax.random.key(1), (8, 3)),
+    }
+    x = jax.random.normal(jax.random.key(2), (5, 2))
+
+    def apply_fn(p, inputs):
+        return jnp.tanh(inputs @ p["w1"]) @ p["w2"]
+
+    def loss_fn(p):
+        return jnp.mean(apply_fn(p, x) ** 2)
+
+    return params, x, apply_fn, loss_fn
+
+
+@pytest.mark.parametrize(
+    "name", ["hvp", "operator", "top_k", "density", "projection", "tracker", "two_batch"]
+)
+def test_hessian_functions_trace_full_precision(name):
+    params, _, _, loss_fn = _model()
+    if name == "hvp":
+        _all_highest(lambda p: hvp(loss_fn, p, p), params)
+    elif name == "operator":
+        _all_highest(lambda p: hessian_operator(loss_fn, p).matmat(jnp.ones((2, 40))), params)
+    elif name == "top_k":
+        _all_highest(lambda p: hessian_top_k(loss_fn, p, 2, num_matvecs=10), params)
+    elif name == "density":
+        _all_highest(
+            lambda p: spectral_density(
+                loss_fn, p, num_probes=2, num_matvecs=8, num_points=16, key=jax.random.key(4)
+            ),
+            params,
+        )
+    elif name == "projection":
+        _all_highest(lambda p: gradient_projection(loss_fn, p, jnp.eye(2, 40)), params)
+    else:
+        method = "block" if name == "tracker" else "two_batch"
+        tracker = hessian_tracker(2, method=method)
+        state = tracker.init(params, jax.random.key(3))
+        _all_highest(lambda p, s: tracker.update(loss_fn, p, s), params, state)
+
+
+def test_ntk_functions_trace_full_precision():
+    params, x, apply_fn, _ = _model()
+    _all_highest(lambda p: empirical_ntk(apply_fn, p, x), params)
+    _all_highest(lambda p: ntk_top_k(apply_fn, p, x, 2), params)
+
+
+def test_outside_precision_setting_is_restored():
+    params, _, _, loss_fn = _model()
+    hvp(loss_fn, params, params)
+    assert jax.config.jax_default_matmul_precision is None
