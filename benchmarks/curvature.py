@@ -129,11 +129,6 @@ WARM = {
     "lanczos": ("warm lanczos(8)", {"method": "lanczos"}, None),
     "seq": ("warm block, seq. HVPs", {}, False),
     "vmap": ("warm block, vmap HVPs", {}, True),
-    "two": ("warm two_batch (2)", {"method": "two_batch"}, None),
-    "two1": ("warm two_batch (1)", {"method": "two_batch", "num_iterations": 1}, None),
-    "two3": ("warm two_batch (3)", {"method": "two_batch", "num_iterations": 3}, None),
-    "two_seq": ("warm two_batch, seq.", {"method": "two_batch"}, False),
-    "two_vmap": ("warm two_batch, vmap", {"method": "two_batch"}, True),
 }
 
 

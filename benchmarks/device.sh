@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# GPU checks on a lent device machine, in one call (device time is short): the curvature,
-# tracking and sweep benchmarks, and the float64 linear-algebra tests, run unchanged on GPU.
+# GPU checks on a lent device machine, in one call (device time is short): the small-operation
+# and curvature benchmarks, the tracking tests (float64 against eigh), training throughput, and
+# (SWEEP_S > 0) the sweep benchmark, all unchanged on GPU. Each step has a time limit (the
+# *_S variables, seconds) and its output goes to $OUT/<step>.txt as it comes.
 #
 #   bash benchmarks/device.sh            (from the repository root; output also under $OUT)
 #
-# The device image has JAX, optax, xarray, matplotlib and pytest; the wheels it lacks
-# (netCDF4, cftime, dask, distributed, tomli-w, partd, locket, tornado, tblib, zict) travel
-# in .whl/ (ignored by git; README "Benchmarks" says how to fetch them). PY picks the Python.
+# An image with JAX, optax, xarray, matplotlib and pytest but not the rest gets the missing
+# packages as wheels in .whl/ (keep it out of git), fetched where pip can reach an index:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 -d .whl \
+#     netCDF4 cftime tomli-w dask distributed partd locket tornado tblib zict
+# PY picks the Python (default python3).
 set -uo pipefail
 PY=${PY:-python3}
 OUT=${OUT:-/tmp/dynloss-device}
@@ -32,7 +37,7 @@ step() {
 
 step small_ops "${SMALL_OPS_S:-40}" $PY benchmarks/small_ops.py --steps 1000
 step curvature "${CURVATURE_S:-150}" $PY benchmarks/curvature.py --steps 1000 200 \
-    --rows block tol two1 two two3 --no-post-hoc
+    --rows block tol --no-post-hoc
 step tests "${TESTS_S:-100}" $PY -m pytest -q -p no:cacheprovider tests/test_tracking.py \
     tests/test_precision.py
 step throughput "${THROUGHPUT_S:-60}" $PY benchmarks/train_throughput.py --steps 2000 \

@@ -29,7 +29,7 @@ from curvature._lanczos import (
 )
 from curvature._precision import full_precision
 
-METHODS = ("block", "two_batch", "jax_lobpcg", "lanczos")
+METHODS = ("block", "jax_lobpcg", "lanczos")
 DEFAULT_TOL = 1e-4
 
 
@@ -46,9 +46,6 @@ class TrackerState(NamedTuple):
         num_restarts: int32 scalar, cold starts so far (the first update included).
         iterations: int32 scalar, warm iterations used by the last update (0 when it started
             cold at the first update).
-        direction: (k, P) the last update direction, the part of the reported vectors outside
-            the span of the previous ones (``"two_batch"`` only; zeros after a cold start and
-            for the other methods).
     """
 
     eigenvectors: jax.Array
@@ -58,7 +55,6 @@ class TrackerState(NamedTuple):
     restarted: jax.Array
     num_restarts: jax.Array
     iterations: jax.Array
-    direction: jax.Array
 
 
 class Tracker(NamedTuple):
@@ -76,7 +72,7 @@ class Tracker(NamedTuple):
 def hessian_tracker(
     k: int,
     *,
-    num_iterations: int | None = None,
+    num_iterations: int = 8,
     tol: float | None = None,
     restart_tol: float | None = None,
     num_matvecs: int | None = None,
@@ -101,13 +97,6 @@ def hessian_tracker(
       ``tol``. The residuals come from the same products, so a step that is already
       converged costs k HVPs. Chosen because it was the cheapest for the accuracy in
       benchmarks/curvature.py (it needs no extra products for residuals).
-    - ``"two_batch"``: ``H X`` for the previous vectors (k HVPs in one batch), then
-      ``num_iterations`` (default 2) fixed LOBPCG passes, each a Rayleigh-Ritz on X, the
-      residual block and the update direction (the last carried over from the previous
-      update), whose 2k new HVPs go in one batch. No loop, no QR and no branch before the
-      products: built for GPUs, where the block method's small loops and factorisations
-      cost far more than its products. It does not iterate to ``tol``; ``restart_tol``
-      (default ``10 * tol``) still bounds the residuals by a cold restart. Needs ``3k <= P``.
     - ``"jax_lobpcg"``: ``jax.experimental.sparse.linalg.lobpcg_standard`` with at most
       ``num_iterations`` iterations, then k HVPs for the residuals. Needs ``5 k < P``.
     - ``"lanczos"``: Lanczos of depth ``num_iterations`` (>= k) started from the sum of the
@@ -118,11 +107,10 @@ def hessian_tracker(
 
     Args:
         k: number of eigenpairs, ``1 <= k <= P`` (checked at ``init``; ``"block"`` needs
-            ``2k <= P``, ``"two_batch"`` ``3k <= P``).
-        num_iterations: the most warm expansions per update (``"block"``, >= 0), the passes
-            per update (``"two_batch"``, >= 1, default 2), the most LOBPCG iterations
-            (``"jax_lobpcg"``, >= 1), or the warm Lanczos depth (>= k). Default 8 but for
-            ``"two_batch"``. A typical update needs 1-2 expansions; the cap only matters on hard
+            ``2k <= P``).
+        num_iterations: the most warm expansions per update (``"block"``, >= 0), the most
+            LOBPCG iterations (``"jax_lobpcg"``, >= 1), or the warm Lanczos depth (>= k).
+            Default 8. A typical update needs 1-2 expansions; the cap only matters on hard
             steps (early training), where a cap of 4 fell back to cold starts 4x as often
             and cost about a quarter more in total (spiral DCE run from initialisation,
             width 1000: 14.1 against 11.0 plain steps per step, benchmarks/curvature.py).
@@ -134,7 +122,7 @@ def hessian_tracker(
         restart_tol: relative residual above which the update restarts cold; default
             ``10 * tol``. Must be >= ``tol``.
         num_matvecs: Krylov depth of cold starts; default ``min(P, max(64, 2k + 20))``.
-        method: ``"block"``, ``"two_batch"``, ``"jax_lobpcg"`` or ``"lanczos"`` (see above).
+        method: ``"block"``, ``"jax_lobpcg"`` or ``"lanczos"`` (see above).
         which: ``"largest"`` (most positive) or ``"smallest"`` (most negative eigenvalues).
 
     Returns:
@@ -150,9 +138,7 @@ def hessian_tracker(
         )
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer (got {k!r}).")
-    min_iterations = {"block": 0, "two_batch": 1, "jax_lobpcg": 1, "lanczos": k}[method]
-    if num_iterations is None:
-        num_iterations = 2 if method == "two_batch" else 8
+    min_iterations = {"block": 0, "jax_lobpcg": 1, "lanczos": k}[method]
     if (
         isinstance(num_iterations, bool)
         or not isinstance(num_iterations, int | np.integer)
@@ -183,13 +169,11 @@ def hessian_tracker(
                 f"method 'jax_lobpcg' needs 5 * k < P (got k = {k}, P = {p}); use method "
                 "'block' for small problems."
             )
-        room = {"block": 2, "two_batch": 3}.get(method, 1)
-        if not room * k <= p:
+        if method == "block" and not 2 * k <= p:
             raise ValueError(
-                f"method {method!r} needs {room} * k <= P, room for the residual block "
-                f"{'and the update direction ' if room == 3 else ''}beside the vectors (got "
-                f"k = {k}, P = {p}); use method 'lanczos' with num_iterations = {p} for so "
-                "small a problem."
+                f"method 'block' needs 2 * k <= P, room for the residual block beside the "
+                f"vectors (got k = {k}, P = {p}); use method 'lanczos' with "
+                f"num_iterations = {p} for so small a problem."
             )
         if method == "lanczos":
             check_num_matvecs(num_iterations, k, p)
@@ -210,7 +194,6 @@ def hessian_tracker(
             restarted=jnp.zeros((), bool),
             num_restarts=jnp.zeros((), jnp.int32),
             iterations=jnp.zeros((), jnp.int32),
-            direction=jnp.zeros((k, p), flat.dtype),
         )
 
     def update(loss_fn: LossFn, params: PyTree, state: TrackerState) -> tuple[Eigen, TrackerState]:
@@ -222,12 +205,6 @@ def hessian_tracker(
         depth = default_num_matvecs(k, p) if num_matvecs is None else num_matvecs
         key, cold_key = jax.random.split(state.key)
         previous = state.eigenvectors.astype(dtype)
-        first = state.count == 0
-
-        def is_bad(eig: Eigen) -> jax.Array:
-            return jnp.any(relative_residuals(eig) > cold_tol) | ~jnp.all(
-                jnp.isfinite(eig.residuals)
-            )
 
         def warm() -> tuple[Eigen, jax.Array, jax.Array]:
             if method == "block":
@@ -238,7 +215,10 @@ def hessian_tracker(
                 start = jnp.sum(previous, axis=0)
                 eig = lanczos_top_k(op, k, start, num_matvecs=num_iterations, which=which)
                 iters = jnp.asarray(num_iterations, jnp.int32)
-            return eig, iters, is_bad(eig)
+            bad = jnp.any(relative_residuals(eig) > cold_tol) | ~jnp.all(
+                jnp.isfinite(eig.residuals)
+            )
+            return eig, iters, bad
 
         def skip() -> tuple[Eigen, jax.Array, jax.Array]:
             empty = Eigen(
@@ -248,15 +228,8 @@ def hessian_tracker(
             )
             return empty, jnp.zeros((), jnp.int32), jnp.ones((), bool)
 
-        direction = state.direction.astype(dtype)
-        if method == "two_batch":
-            # No branch before the products: the first update runs on zero vectors (their
-            # Ritz values are masked, nothing is NaN) and is thrown away for the cold start.
-            warm_eig, direction = _two_batch(op, previous, direction, num_iterations, sign)
-            iters = jnp.asarray(num_iterations, jnp.int32)
-            restart = first | is_bad(warm_eig)
-        else:
-            warm_eig, iters, restart = jax.lax.cond(first, skip, warm)
+        first = state.count == 0
+        warm_eig, iters, restart = jax.lax.cond(first, skip, warm)
 
         def cold() -> Eigen:
             start = jax.random.normal(cold_key, (p,), dtype)
@@ -275,7 +248,6 @@ def hessian_tracker(
             restarted=restart,
             num_restarts=state.num_restarts + restart.astype(jnp.int32),
             iterations=iters,
-            direction=jnp.where(restart, 0.0, direction),
         )
         return eig, new_state
 
@@ -393,74 +365,6 @@ def _block(
     residuals = jnp.linalg.norm(resid, axis=1)
     eig = _signed(Eigen(values, x, residuals), sign)
     return eig, iters
-
-
-def _two_batch(
-    op: FlatOperator, previous: jax.Array, direction: jax.Array, num_passes: int, sign: float
-) -> tuple[Eigen, jax.Array]:
-    """LOBPCG on ``sign * H`` from ``previous`` (k, P) with batched products and no loop.
-
-    First ``A X`` for the previous vectors (one batch of k products) and their residual
-    block ``R = A X - X (X^T A X)``; then ``num_passes`` passes, each a Rayleigh-Ritz on
-    ``[X, R, D]`` with ``D`` the last update direction (carried over from the previous
-    update on the first pass). The 2k new products of a pass go in one batch. ``[R, D]``
-    is projected off X, then the whole basis is orthonormalised by whitening its Gram matrix
-    (one small ``eigh``; the products follow by linearity); directions with Gram eigenvalue
-    below ``max(sqrt(eps), 1e4 eps)`` of the largest are dropped (their Ritz values pushed
-    below the spectrum), zero blocks included. The reported vectors are
-    renormalised and their eigenvalues are Rayleigh quotients, so the residuals are those of
-    the unit vectors reported.
-
-    Returns:
-        The :class:`Eigen` of H and the new update direction (k, P).
-    """
-    k = previous.shape[0]
-    eps = float(jnp.finfo(previous.dtype).eps)
-    drop_below = max(eps**0.5, 1e4 * eps)
-
-    def matmat(v: jax.Array) -> jax.Array:
-        return sign * op.matmat(v)
-
-    x, d = previous, direction
-    hx = matmat(x)
-    values = jnp.sum(x * hx, axis=1)
-    resid = hx - (x @ hx.T) @ x
-    for _ in range(num_passes):
-        z = jnp.concatenate([resid, d])
-        z = _unit_rows(z - (z @ x.T) @ x)
-        basis = jnp.concatenate([x, z])
-        h_basis = jnp.concatenate([hx, matmat(z)])
-        # Whiten the whole basis (also X, should the stored vectors have drifted from
-        # orthonormal); the products follow by linearity.
-        gram_values, gram_vectors = jnp.linalg.eigh(basis @ basis.T)
-        keep = gram_values > drop_below * jnp.max(gram_values)
-        whiten = (
-            gram_vectors
-            * jnp.where(keep, jax.lax.rsqrt(jnp.where(keep, gram_values, 1.0)), 0.0)[None, :]
-        )
-        basis, h_basis = whiten.T @ basis, whiten.T @ h_basis
-        gram = basis @ h_basis.T
-        gram = 0.5 * (gram + gram.T)
-        penalty = 10.0 * (1.0 + jnp.max(jnp.abs(gram)))
-        gram = jnp.where(jnp.diag(~keep), -penalty, gram)
-        _, coeffs = jnp.linalg.eigh(gram)
-        coeffs = coeffs[:, ::-1][:, :k]
-        x_new, hx = coeffs.T @ basis, coeffs.T @ h_basis
-        x_new, hx = _unit_rows(x_new, hx)
-        values = jnp.sum(x_new * hx, axis=1)
-        resid = hx - values[:, None] * x_new
-        d = x_new - (x_new @ x.T) @ x
-        x = x_new
-    order = jnp.argsort(-values)
-    eig = Eigen(values[order], x[order], jnp.linalg.norm(resid[order], axis=1))
-    return _signed(eig, sign), d[order]
-
-
-def _unit_rows(vectors: jax.Array, also: jax.Array | None = None) -> jax.Array:
-    """Rows scaled to unit length, zero rows left zero; ``also`` scaled alike if given."""
-    norms = jnp.linalg.norm(vectors, axis=1, keepdims=True)
-    inv = jnp.where(norms > 0, 1.0 / jnp.where(norms > 0, norms, 1.0), 0.0)
-    return vectors * inv if also is None else (vectors * inv, also * inv)
 
 
 def _lobpcg(

@@ -60,9 +60,7 @@ def _model():
     return params, x, apply_fn, loss_fn
 
 
-@pytest.mark.parametrize(
-    "name", ["hvp", "operator", "top_k", "density", "projection", "tracker", "two_batch"]
-)
+@pytest.mark.parametrize("name", ["hvp", "operator", "top_k", "density", "projection", "tracker"])
 def test_hessian_functions_trace_full_precision(name):
     params, _, _, loss_fn = _model()
     if name == "hvp":
@@ -81,8 +79,7 @@ def test_hessian_functions_trace_full_precision(name):
     elif name == "projection":
         _all_highest(lambda p: gradient_projection(loss_fn, p, jnp.eye(2, 40)), params)
     else:
-        method = "block" if name == "tracker" else "two_batch"
-        tracker = hessian_tracker(2, method=method)
+        tracker = hessian_tracker(2)
         state = tracker.init(params, jax.random.key(3))
         _all_highest(lambda p, s: tracker.update(loss_fn, p, s), params, state)
 
