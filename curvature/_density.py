@@ -31,6 +31,7 @@ class Density(NamedTuple):
     ritz_weights: jax.Array
 
 
+@full_precision
 def broaden(
     ritz_values: jax.Array, ritz_weights: jax.Array, grid: jax.Array, sigma: float | jax.Array
 ) -> jax.Array:

@@ -98,7 +98,9 @@ def hessian_operator(loss_fn: LossFn, params: PyTree) -> FlatOperator:
 
     def matmat(vectors: jax.Array) -> jax.Array:
         if vmap_products():
-            return jax.vmap(matvec)(vectors)
+            if vectors.shape[0] <= _UNROLL:
+                return jax.vmap(matvec)(vectors)
+            return jax.lax.map(matvec, vectors, batch_size=_UNROLL)
         if vectors.shape[0] <= _UNROLL:
             return jnp.stack([matvec(v) for v in vectors])
         return jax.lax.map(matvec, vectors)
@@ -114,12 +116,13 @@ def hessian_operator(loss_fn: LossFn, params: PyTree) -> FlatOperator:
 def vmap_products() -> bool:
     """Whether ``FlatOperator.matmat`` vmaps its products (else it runs them in sequence).
 
-    ``VMAP_PRODUCTS`` when set; else sequential on CPU and vmapped on other backends.
-    Measured (``benchmarks/curvature.py``, spiral MLP, float32, 3 products inside a training
-    step, in plain steps): on a 2-core CPU 4.1 sequential against 7.4 vmapped at width 100,
-    3.5 against 6.8 at width 1000 (XLA's batched small matmuls are slow there); on an H100
-    2.8 against 0.56 at width 100 and 2.3 against 0.96 at width 1000 (one launch instead of
-    three).
+    ``VMAP_PRODUCTS`` when set; else sequential when JAX's default backend (read when the
+    products are traced) is the CPU and vmapped otherwise. Measured
+    (``benchmarks/curvature.py``, spiral MLP, float32 at full precision, 3 products inside a
+    training step, in plain steps): on a 2-core CPU 4.1 sequential against 7.4 vmapped at
+    width 100 and 3.5 against 6.8 at width 1000 (XLA's batched small matmuls are slow there);
+    on an H100 3.1 against 1.0 at width 100 and 2.5 against 1.7 at width 1000 (one launch
+    instead of three). Vmapped products go 8 at a time (``lax.map`` with ``batch_size``).
     """
     if VMAP_PRODUCTS is not None:
         return VMAP_PRODUCTS

@@ -7,17 +7,22 @@ numbers, so these tests read the traced programs instead.
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from jax.extend.core import ClosedJaxpr, Jaxpr
 
 from curvature import (
+    _hessian,
+    broaden,
     empirical_ntk,
     gradient_projection,
+    hessian_eigh,
     hessian_operator,
     hessian_top_k,
     hessian_tracker,
     hvp,
     ntk_top_k,
+    ntk_tracker,
     spectral_density,
 )
 
@@ -25,7 +30,7 @@ from curvature import (
 def _dot_precisions(jaxpr: Jaxpr) -> list:
     found = []
     for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
+        if eqn.primitive.name in ("dot_general", "conv_general_dilated"):
             found.append(eqn.params["precision"])
         for value in eqn.params.values():
             for sub in value if isinstance(value, tuple | list) else (value,):
@@ -76,6 +81,12 @@ def test_hessian_functions_trace_full_precision(name):
             ),
             params,
         )
+    elif name == "broaden":
+        _all_highest(
+            lambda v: broaden(v, jnp.ones(3) / 3, jnp.linspace(0.0, 2.0, 8), 0.1), jnp.arange(3.0)
+        )
+    elif name == "eigh":
+        _all_highest(lambda p: hessian_eigh(loss_fn, p), params)
     elif name == "projection":
         _all_highest(lambda p: gradient_projection(loss_fn, p, jnp.eye(2, 40)), params)
     else:
@@ -88,6 +99,25 @@ def test_ntk_functions_trace_full_precision():
     params, x, apply_fn, _ = _model()
     _all_highest(lambda p: empirical_ntk(apply_fn, p, x), params)
     _all_highest(lambda p: ntk_top_k(apply_fn, p, x, 2), params)
+    tracker = ntk_tracker(2)
+    state = tracker.init(apply_fn, params, x, jax.random.key(0))
+    _all_highest(lambda p, s: tracker.update(apply_fn, p, x, s), params, state)
+
+
+@pytest.mark.parametrize("rows", [3, 11])
+def test_vmapped_and_sequential_products_agree(x64, monkeypatch, rows):
+    """The vmapped path (the default off CPU; in chunks of 8 above 8 rows) equals the loop."""
+    params, _, _, loss_fn = _model()
+    vectors = jax.random.normal(jax.random.key(5), (rows, 40), jnp.float64)
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    out = {}
+    for vmapped in (False, True):
+        monkeypatch.setattr(_hessian, "VMAP_PRODUCTS", vmapped)
+        out[vmapped] = hessian_operator(loss_fn, params).matmat(vectors)
+    dense = hessian_eigh(loss_fn, params)
+    h = (dense.eigenvectors.T * dense.eigenvalues) @ dense.eigenvectors
+    np.testing.assert_allclose(out[True], out[False], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out[True], vectors @ h, rtol=1e-9, atol=1e-9)
 
 
 def test_outside_precision_setting_is_restored():
