@@ -93,7 +93,8 @@ def _floor(ctx, vectors):
 
 @contextlib.contextmanager
 def _products(vmapped: bool | None):
-    """Force ``FlatOperator.matmat`` to vmap its products (True) or run them in sequence."""
+    """Force ``FlatOperator.matmat`` to vmap its products (True), run them in sequence (False)
+    or choose by backend (None, the default)."""
     before = curvature_hessian.VMAP_PRODUCTS
     curvature_hessian.VMAP_PRODUCTS = vmapped
     try:
@@ -164,7 +165,7 @@ def measure(width: int, steps: int, dtype: str, k: int, rows_wanted: list[str]) 
         label, options, vmapped = WARM[name]
         tracker = hessian_tracker(k, **options)
         state = tracker.init(params, jax.random.key(2))
-        with _products(vmapped if vmapped is not None else curvature_hessian.VMAP_PRODUCTS):
+        with _products(vmapped):
             cost, stats = _scan_cost(problem, steps, k, _tracked(tracker), state)
         row(label, cost, *stats)
     cost, stats = _scan_cost(problem, max(steps // 10, 10), k, _cold(k))

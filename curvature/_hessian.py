@@ -105,12 +105,8 @@ def hessian_operator(loss_fn: LossFn, params: PyTree) -> FlatOperator:
             return jnp.stack([matvec(v) for v in vectors])
         return jax.lax.map(matvec, vectors)
 
-    return FlatOperator(
-        matvec=full_precision(matvec),
-        matmat=full_precision(matmat),
-        flat_params=flat,
-        unravel=unravel,
-    )
+    # Products in ``matvec`` keep the precision they were linearised with (full, above).
+    return FlatOperator(matvec=matvec, matmat=matmat, flat_params=flat, unravel=unravel)
 
 
 def vmap_products() -> bool:

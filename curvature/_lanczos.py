@@ -185,7 +185,6 @@ def lanczos(num_matvecs: int, *, reortho: str = "full") -> Callable[..., Krylov]
     return full_precision(algorithm)
 
 
-@full_precision
 def lanczos_top_k(
     op: FlatOperator,
     k: int,

@@ -521,7 +521,8 @@ def ntk_operator(
             return single(v)
         return jax.vmap(single, in_axes=1, out_axes=1)(v)
 
-    return full_precision(matvec)
+    # jvp_fn and its transpose keep the precision they were linearised with (full, above).
+    return matvec
 
 
 __all__ = [
