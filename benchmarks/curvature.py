@@ -1,11 +1,14 @@
 """Cost of per-step Hessian top-3 tracking, as a multiple of one plain training step.
 
 Run:  .venv/bin/python benchmarks/curvature.py [--widths 100 1000] [--steps 2000 400] [--k 3]
-          [--rows block tol iter4 lobpcg lanczos seq vmap] [--no-post-hoc]
+          [--start 0] [--rows block tol iter4 lobpcg lanczos seq vmap] [--no-post-hoc]
 
 The trainer's own spiral problem (DCE, triangle Γ with amplitude 70 and period 2000, full-batch
 GD at η = 1, float32 unless --dtype float64): the Hessian changes every step, as in the 2021
-paper's runs. For each width, inside one jitted ``lax.scan`` over S steps from initialisation:
+paper's runs. For each width, inside one jitted ``lax.scan`` over S steps from initialisation,
+or from step N of the same run with ``--start N`` (trained there with plain steps first; later
+in a run the network is at the edge of stability, the spectrum moves more from step to step
+and warm starts need more expansions):
 
   plain              one training step (loss with Γ(step), gradient, update)
   floor: 3 HVPs      the step plus 3 fresh Hessian-vector products and nothing else: what any
@@ -60,13 +63,30 @@ def _timed(fn, *args):
     return best, out
 
 
-def _scan_cost(problem, steps: int, k: int, extra=None, state=()):
-    """Seconds per step of ``steps`` training steps, each followed by ``extra(ctx, state)``.
+def _start(problem, start: int):
+    """Parameters and optimiser state after ``start`` plain training steps."""
+    params, opt_state, _ = initial_state(problem)
+
+    def body(carry, step):
+        params, opt_state = carry
+        ctx = context(problem, params, step)
+        updates, opt_state = problem.optimizer.update(ctx.grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), None
+
+    run = jax.jit(lambda c: jax.lax.scan(body, c, jnp.arange(start))[0])
+    return run((params, opt_state))
+
+
+def _scan_cost(problem, steps: int, k: int, extra=None, state=(), origin=(0, None)):
+    """Seconds per step of training steps ``n .. n + steps``, each followed by
+    ``extra(ctx, state)``; ``origin = (n, (params, opt_state) at step n)``, or ``(0, None)``
+    from initialisation.
 
     ``extra`` returns ``(row, state)`` with row = (relative residuals (k,), restarted,
     expansions); the rows of all steps come back as arrays.
     """
-    params, opt_state, _ = initial_state(problem)
+    start, initial = origin
+    params, opt_state = initial_state(problem)[:2] if initial is None else initial
     dtype = problem.dtype
 
     def body(carry, step):
@@ -78,7 +98,7 @@ def _scan_cost(problem, steps: int, k: int, extra=None, state=()):
         updates, opt_state = problem.optimizer.update(ctx.grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state, state), row
 
-    run = jax.jit(lambda c: jax.lax.scan(body, c, jnp.arange(steps)))
+    run = jax.jit(lambda c: jax.lax.scan(body, c, jnp.arange(start, start + steps)))
     seconds, (_, rows) = _timed(run, (params, opt_state, state))
     return seconds / steps, [np.asarray(r) for r in rows]
 
@@ -133,13 +153,19 @@ WARM = {
 }
 
 
-def measure(width: int, steps: int, dtype: str, k: int, rows_wanted: list[str]) -> None:
+def measure(
+    width: int, steps: int, dtype: str, k: int, rows_wanted: list[str], start: int = 0
+) -> None:
     """Print the per-step rows of one width, each as soon as it is timed."""
     problem = build(TrainConfig(hidden_widths=(width,), amplitude=70.0, period=2000.0, dtype=dtype))
     params = initial_state(problem)[0]
     p = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
-    plain, _ = _scan_cost(problem, steps, k)
-    print(f"{width:>6} {'plain step':<22} {plain * 1e6:>9.1f} {'':>7} {'':>7}   (P = {p})")
+    origin = (start, _start(problem, start))
+    plain, _ = _scan_cost(problem, steps, k, origin=origin)
+    print(
+        f"{width:>6} {'plain step':<22} {plain * 1e6:>9.1f} {'':>7} {'':>7}   (P = {p}, "
+        f"steps {start}..{start + steps})"
+    )
 
     def row(label, cost, relres, restarted, expansions):
         extra = (cost - plain) / plain
@@ -159,16 +185,16 @@ def measure(width: int, steps: int, dtype: str, k: int, rows_wanted: list[str]) 
     vectors = jax.random.normal(jax.random.key(1), (k, p), problem.dtype)
     for label, vmapped in (("seq.", False), ("vmap", True)):
         with _products(vmapped):
-            cost, stats = _scan_cost(problem, steps, k, _floor, vectors)
+            cost, stats = _scan_cost(problem, steps, k, _floor, vectors, origin)
         row(f"floor: {k} HVPs {label}", cost, *stats)
     for name in rows_wanted:
         label, options, vmapped = WARM[name]
         tracker = hessian_tracker(k, **options)
         state = tracker.init(params, jax.random.key(2))
         with _products(vmapped):
-            cost, stats = _scan_cost(problem, steps, k, _tracked(tracker), state)
+            cost, stats = _scan_cost(problem, steps, k, _tracked(tracker), state, origin)
         row(label, cost, *stats)
-    cost, stats = _scan_cost(problem, max(steps // 10, 10), k, _cold(k))
+    cost, stats = _scan_cost(problem, max(steps // 10, 10), k, _cold(k), origin=origin)
     row("cold Lanczos(64)", cost, *stats)
 
 
@@ -222,6 +248,12 @@ def main() -> None:
     parser.add_argument(
         "--steps", type=int, nargs="+", default=[2000, 400], help="scan length per width"
     )
+    parser.add_argument(
+        "--start",
+        type=int,
+        default=0,
+        help="time steps START..START+S of the run (trained to START with plain steps first)",
+    )
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--checkpoints", type=int, default=100)
     parser.add_argument(
@@ -239,6 +271,8 @@ def main() -> None:
         "--exact", action="store_true", help="also time hessian_exact's chunk sizes"
     )
     args = parser.parse_args()
+    if args.start < 0:
+        parser.error(f"--start must be a step number >= 0 (got {args.start}).")
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     steps = (args.steps + [args.steps[-1]] * len(args.widths))[: len(args.widths)]
@@ -248,7 +282,7 @@ def main() -> None:
         f"{'restarts':>9} {'expan.':>6} {'med relres':>9} {'max relres':>9}"
     )
     for width, n in zip(args.widths, steps, strict=True):
-        measure(width, n, args.dtype, args.k, args.rows)
+        measure(width, n, args.dtype, args.k, args.rows, args.start)
     for width in [] if args.no_post_hoc else args.widths:
         post_hoc(width, args.checkpoints, args.dtype, args.k)
     if args.exact:
