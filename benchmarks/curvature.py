@@ -23,8 +23,9 @@ and warm starts need more expansions):
 Columns: µs per step, the tracking cost (tracked step − plain step) in plain steps and its ratio
 to the issue's 3× target, cold restarts, mean block expansions per step, median and largest
 relative residual ‖Hv − λv‖/|λ|. Then the post-hoc path on a run file with 100 checkpoints (10
-steps apart), as the CLI runs it: ``analysis.hessian_trajectory(run, k=3)`` warm-started from
-checkpoint to checkpoint (the default) and with ``warm=False`` (cold Lanczos at each).
+steps apart, from initialisation whatever --start says), as the CLI runs it:
+``analysis.hessian_trajectory(run, k=3)`` warm-started from checkpoint to checkpoint (the
+default) and with ``warm=False`` (cold Lanczos at each).
 """
 
 from __future__ import annotations
