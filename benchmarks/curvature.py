@@ -35,6 +35,7 @@ import contextlib
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 # First, as benchmarks/curvature.py would shadow the curvature package (see _unshadow.py);
 # dask's worker processes and `python -m` run without this folder on the path.
@@ -64,30 +65,38 @@ def _timed(fn, *args):
     return best, out
 
 
-def _start(problem, start: int):
-    """Parameters and optimiser state after ``start`` plain training steps."""
+class Origin(NamedTuple):
+    """Where a timed scan begins: the step number and (params, optimiser state) there."""
+
+    step: int
+    params: Any
+    opt_state: Any
+
+
+def _plain_update(problem, ctx, opt_state):
+    """One plain training step from ``ctx`` (its gradient, the optimiser's update)."""
+    updates, opt_state = problem.optimizer.update(ctx.grads, opt_state, ctx.params)
+    return optax.apply_updates(ctx.params, updates), opt_state
+
+
+def _origin(problem, start: int) -> Origin:
+    """The run's state after ``start`` plain training steps from initialisation."""
     params, opt_state, _ = initial_state(problem)
 
     def body(carry, step):
-        params, opt_state = carry
-        ctx = context(problem, params, step)
-        updates, opt_state = problem.optimizer.update(ctx.grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), None
+        return _plain_update(problem, context(problem, carry[0], step), carry[1]), None
 
     run = jax.jit(lambda c: jax.lax.scan(body, c, jnp.arange(start))[0])
-    return run((params, opt_state))
+    return Origin(start, *run((params, opt_state)))
 
 
-def _scan_cost(problem, steps: int, k: int, extra=None, state=(), origin=(0, None)):
-    """Seconds per step of training steps ``n .. n + steps``, each followed by
-    ``extra(ctx, state)``; ``origin = (n, (params, opt_state) at step n)``, or ``(0, None)``
-    from initialisation.
+def _scan_cost(problem, origin: Origin, steps: int, k: int, extra=None, state=()):
+    """Seconds per step of training steps ``origin.step .. origin.step + steps``, each
+    followed by ``extra(ctx, state)``.
 
     ``extra`` returns ``(row, state)`` with row = (relative residuals (k,), restarted,
     expansions); the rows of all steps come back as arrays.
     """
-    start, initial = origin
-    params, opt_state = initial_state(problem)[:2] if initial is None else initial
     dtype = problem.dtype
 
     def body(carry, step):
@@ -96,11 +105,11 @@ def _scan_cost(problem, steps: int, k: int, extra=None, state=(), origin=(0, Non
         row = (jnp.zeros((k,), dtype), jnp.zeros((), bool), jnp.zeros((), jnp.int32))
         if extra is not None:
             row, state = extra(ctx, state)
-        updates, opt_state = problem.optimizer.update(ctx.grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state, state), row
+        return (*_plain_update(problem, ctx, opt_state), state), row
 
-    run = jax.jit(lambda c: jax.lax.scan(body, c, jnp.arange(start, start + steps)))
-    seconds, (_, rows) = _timed(run, (params, opt_state, state))
+    steps_range = jnp.arange(origin.step, origin.step + steps)
+    run = jax.jit(lambda c: jax.lax.scan(body, c, steps_range))
+    seconds, (_, rows) = _timed(run, (origin.params, origin.opt_state, state))
     return seconds / steps, [np.asarray(r) for r in rows]
 
 
@@ -161,8 +170,8 @@ def measure(
     problem = build(TrainConfig(hidden_widths=(width,), amplitude=70.0, period=2000.0, dtype=dtype))
     params = initial_state(problem)[0]
     p = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
-    origin = (start, _start(problem, start))
-    plain, _ = _scan_cost(problem, steps, k, origin=origin)
+    origin = _origin(problem, start)
+    plain, _ = _scan_cost(problem, origin, steps, k)
     print(
         f"{width:>6} {'plain step':<22} {plain * 1e6:>9.1f} {'':>7} {'':>7}   (P = {p}, "
         f"steps {start}..{start + steps})"
@@ -186,16 +195,16 @@ def measure(
     vectors = jax.random.normal(jax.random.key(1), (k, p), problem.dtype)
     for label, vmapped in (("seq.", False), ("vmap", True)):
         with _products(vmapped):
-            cost, stats = _scan_cost(problem, steps, k, _floor, vectors, origin)
+            cost, stats = _scan_cost(problem, origin, steps, k, _floor, vectors)
         row(f"floor: {k} HVPs {label}", cost, *stats)
     for name in rows_wanted:
         label, options, vmapped = WARM[name]
         tracker = hessian_tracker(k, **options)
         state = tracker.init(params, jax.random.key(2))
         with _products(vmapped):
-            cost, stats = _scan_cost(problem, steps, k, _tracked(tracker), state, origin)
+            cost, stats = _scan_cost(problem, origin, steps, k, _tracked(tracker), state)
         row(label, cost, *stats)
-    cost, stats = _scan_cost(problem, max(steps // 10, 10), k, _cold(k), origin=origin)
+    cost, stats = _scan_cost(problem, origin, max(steps // 10, 10), k, _cold(k))
     row("cold Lanczos(64)", cost, *stats)
 
 
