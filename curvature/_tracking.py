@@ -29,7 +29,7 @@ from curvature._lanczos import (
 )
 from curvature._precision import full_precision
 
-METHODS = ("block", "onepass", "jax_lobpcg", "lanczos")
+METHODS = ("block", "jax_lobpcg", "lanczos")
 DEFAULT_TOL = 1e-4
 
 
@@ -46,10 +46,6 @@ class TrackerState(NamedTuple):
         num_restarts: int32 scalar, cold starts so far (the first update included).
         iterations: int32 scalar, warm iterations used by the last update (0 when it started
             cold at the first update).
-        residual_block: (k, P) for method ``"onepass"``, the last update's residual vectors
-            ``H v_i - lambda_i v_i`` (zeros after a cold start); (0, P) for the other methods.
-        direction: (k, P) for method ``"onepass"``, the last update's direction (the part of
-            the new vectors outside the old ones); (0, P) for the other methods.
     """
 
     eigenvectors: jax.Array
@@ -59,8 +55,6 @@ class TrackerState(NamedTuple):
     restarted: jax.Array
     num_restarts: jax.Array
     iterations: jax.Array
-    residual_block: jax.Array
-    direction: jax.Array
 
 
 class Tracker(NamedTuple):
@@ -78,7 +72,7 @@ class Tracker(NamedTuple):
 def hessian_tracker(
     k: int,
     *,
-    num_iterations: int | None = None,
+    num_iterations: int = 8,
     tol: float | None = None,
     restart_tol: float | None = None,
     num_matvecs: int | None = None,
@@ -144,9 +138,7 @@ def hessian_tracker(
         )
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer (got {k!r}).")
-    min_iterations = {"block": 0, "onepass": 1, "jax_lobpcg": 1, "lanczos": k}[method]
-    if num_iterations is None:
-        num_iterations = 1 if method == "onepass" else 8
+    min_iterations = {"block": 0, "jax_lobpcg": 1, "lanczos": k}[method]
     if (
         isinstance(num_iterations, bool)
         or not isinstance(num_iterations, int | np.integer)
@@ -177,9 +169,9 @@ def hessian_tracker(
                 f"method 'jax_lobpcg' needs 5 * k < P (got k = {k}, P = {p}); use method "
                 "'block' for small problems."
             )
-        if method in ("block", "onepass") and not 2 * k <= p:
+        if method == "block" and not 2 * k <= p:
             raise ValueError(
-                f"method {method!r} needs 2 * k <= P, room for the residual block beside the "
+                f"method 'block' needs 2 * k <= P, room for the residual block beside the "
                 f"vectors (got k = {k}, P = {p}); use method 'lanczos' with "
                 f"num_iterations = {p} for so small a problem."
             )
@@ -202,8 +194,6 @@ def hessian_tracker(
             restarted=jnp.zeros((), bool),
             num_restarts=jnp.zeros((), jnp.int32),
             iterations=jnp.zeros((), jnp.int32),
-            residual_block=jnp.zeros((k if method == "onepass" else 0, p), flat.dtype),
-            direction=jnp.zeros((k if method == "onepass" else 0, p), flat.dtype),
         )
 
     def update(loss_fn: LossFn, params: PyTree, state: TrackerState) -> tuple[Eigen, TrackerState]:
@@ -216,15 +206,9 @@ def hessian_tracker(
         key, cold_key = jax.random.split(state.key)
         previous = state.eigenvectors.astype(dtype)
 
-        extras = (state.residual_block, state.direction)
-
-        def warm() -> tuple[Eigen, jax.Array, jax.Array, tuple[jax.Array, jax.Array]]:
-            new_extras = tuple(jnp.zeros_like(e) for e in extras)
+        def warm() -> tuple[Eigen, jax.Array, jax.Array]:
             if method == "block":
                 eig, iters = _block(op, previous, num_iterations, warm_tol, sign)
-            elif method == "onepass":
-                eig, new_extras = _onepass(op, previous, *extras, num_iterations, sign)
-                iters = jnp.asarray(num_iterations, jnp.int32)
             elif method == "jax_lobpcg":
                 eig, iters = _lobpcg(op, previous, num_iterations, warm_tol, sign)
             else:
@@ -234,31 +218,24 @@ def hessian_tracker(
             bad = jnp.any(relative_residuals(eig) > cold_tol) | ~jnp.all(
                 jnp.isfinite(eig.residuals)
             )
-            return eig, iters, bad, new_extras
+            return eig, iters, bad
 
-        def skip() -> tuple[Eigen, jax.Array, jax.Array, tuple[jax.Array, jax.Array]]:
+        def skip() -> tuple[Eigen, jax.Array, jax.Array]:
             empty = Eigen(
                 eigenvalues=jnp.zeros((k,), dtype),
                 eigenvectors=jnp.zeros((k, p), dtype),
                 residuals=jnp.zeros((k,), dtype),
             )
-            zeros = tuple(jnp.zeros_like(e) for e in extras)
-            return empty, jnp.zeros((), jnp.int32), jnp.ones((), bool), zeros
+            return empty, jnp.zeros((), jnp.int32), jnp.ones((), bool)
 
         first = state.count == 0
-        warm_eig, iters, restart, new_extras = jax.lax.cond(first, skip, warm)
+        warm_eig, iters, restart = jax.lax.cond(first, skip, warm)
 
-        def cold() -> tuple[Eigen, tuple[jax.Array, jax.Array]]:
+        def cold() -> Eigen:
             start = jax.random.normal(cold_key, (p,), dtype)
-            eig = lanczos_top_k(op, k, start, num_matvecs=depth, which=which)
-            if method != "onepass":
-                return eig, new_extras
-            # The next update's first pass needs the residual vectors, not only their norms.
-            vectors = eig.eigenvectors
-            resid = op.matmat(vectors) - eig.eigenvalues[:, None] * vectors
-            return eig, (resid, jnp.zeros_like(vectors))
+            return lanczos_top_k(op, k, start, num_matvecs=depth, which=which)
 
-        eig, new_extras = jax.lax.cond(restart, cold, lambda: (warm_eig, new_extras))
+        eig = jax.lax.cond(restart, cold, lambda: warm_eig)
         aligned = jnp.where(
             first, canonical_signs(eig.eigenvectors), canonical_signs(eig.eigenvectors, previous)
         )
@@ -271,8 +248,6 @@ def hessian_tracker(
             restarted=restart,
             num_restarts=state.num_restarts + restart.astype(jnp.int32),
             iterations=iters,
-            residual_block=new_extras[0],
-            direction=new_extras[1],
         )
         return eig, new_state
 
@@ -390,68 +365,6 @@ def _block(
     residuals = jnp.linalg.norm(resid, axis=1)
     eig = _signed(Eigen(values, x, residuals), sign)
     return eig, iters
-
-
-def _onepass(
-    op: FlatOperator,
-    previous: jax.Array,
-    residual_block: jax.Array,
-    direction: jax.Array,
-    num_passes: int,
-    sign: float,
-) -> tuple[Eigen, tuple[jax.Array, jax.Array]]:
-    """LOBPCG passes on ``sign * H`` with every product of a pass in one batch.
-
-    Each pass is a Rayleigh-Ritz step on ``[X, W, D]``: the current vectors, the residual
-    block and the direction from the pass before (at the first pass of an update: from the
-    previous update, whose residuals were taken at the previous parameters). The 3k products
-    of the basis are taken together, so a pass is one batch of products and two small
-    symmetric eigenproblems (whitening the basis, then the projected Hessian); there is no
-    loop over a tolerance. Directions whose Gram eigenvalue is below ``sqrt(eps)`` of the
-    largest are dropped.
-    """
-    k = previous.shape[0]
-    dtype = previous.dtype
-    drop_below = jnp.finfo(dtype).eps ** 0.5
-    x, w, d = previous, residual_block, direction
-    for _ in range(num_passes):
-        # New directions orthogonal to x in P-space (twice), then orthonormal among themselves
-        # (eigh of their Gram matrix), dropping those shorter than sqrt(eps).
-        y = jnp.concatenate([w, d])
-        y = y - (y @ x.T) @ x
-        y = y - (y @ x.T) @ x
-        norms = jnp.linalg.norm(y, axis=1, keepdims=True)
-        y = y * jnp.where(norms > 0, 1.0 / jnp.where(norms > 0, norms, 1.0), 0.0)
-        mu, v = small_eigh(y @ y.T)
-        keep = mu > drop_below
-        whiten = v * jnp.where(keep, 1.0 / jnp.sqrt(jnp.where(keep, mu, 1.0)), 0.0)[None, :]
-        basis = jnp.concatenate([x, whiten.T @ y])
-        h_basis = sign * op.matmat(basis)
-        # The basis is orthonormal to about eps / drop_below; the Gram's inverse square root
-        # (I - E/2 + 3E^2/8 with E = Gram - I on the kept rows) makes it so to rounding.
-        mask = jnp.concatenate([jnp.ones((k,), bool), keep])
-        gram = basis @ basis.T
-        e = jnp.where(mask[:, None] & mask[None, :], gram - jnp.eye(3 * k, dtype=dtype), 0.0)
-        inv_sqrt = jnp.eye(3 * k, dtype=dtype) - 0.5 * e + 0.375 * (e @ e)
-        proj = inv_sqrt.T @ (basis @ h_basis.T) @ inv_sqrt
-        g = 0.5 * (proj + proj.T)
-        penalty = 10.0 * (1.0 + jnp.max(jnp.abs(g)))
-        g = jnp.where(jnp.diag(~mask), -penalty, g)
-        theta, u = small_eigh(g)
-        theta, u = theta[::-1][:k], u[:, ::-1][:, :k]
-        coeffs = inv_sqrt @ u
-        x, hx = coeffs.T @ basis, coeffs.T @ h_basis
-        w = hx - theta[:, None] * x
-        d = coeffs[k:].T @ basis[k:]
-    eig = _signed(Eigen(theta, x, jnp.linalg.norm(w, axis=1)), sign)
-    if sign < 0:
-        w, d = -w[::-1], d[::-1]
-    return eig, (w, d)
-
-
-def small_eigh(a: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Eigenvalues (ascending) and eigenvectors (columns) of a small symmetric matrix."""
-    return jnp.linalg.eigh(a)
 
 
 def _lobpcg(
