@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU checks on a lent device machine, in one call (device time is short): the small-operation
-# and curvature benchmarks, the linear-algebra tests (float64 against eigh), training
-# throughput and (SWEEP_S > 0) the sweep benchmark, all unchanged on GPU. Each step has a time limit (the
+# and curvature benchmarks (CURVATURE_LATE_S > 0: also from step 10,000; CURVATURE_K1_S > 0:
+# also λ_max alone), the linear-algebra tests (float64 against eigh), training throughput and
+# (SWEEP_S > 0) the sweep benchmark, all unchanged on GPU. Each step has a time limit (the
 # *_S variables, seconds) and its output goes to $OUT/<step>.txt as it comes.
 #
 #   bash benchmarks/device.sh            (from the repository root; output also under $OUT)
@@ -37,6 +38,10 @@ step() {
 
 step small_ops "${SMALL_OPS_S:-40}" $PY benchmarks/small_ops.py --steps 1000
 step curvature "${CURVATURE_S:-150}" $PY benchmarks/curvature.py --steps 1000 200 \
+    --rows block tol --no-post-hoc
+step curvature_late "${CURVATURE_LATE_S:-0}" $PY benchmarks/curvature.py --steps 1000 200 \
+    --start 10000 --rows block tol --no-post-hoc
+step curvature_k1 "${CURVATURE_K1_S:-0}" $PY benchmarks/curvature.py --steps 1000 200 --k 1 \
     --rows block tol --no-post-hoc
 step tests "${TESTS_S:-100}" $PY -m pytest -q -p no:cacheprovider tests/test_tracking.py \
     tests/test_precision.py tests/test_hessian.py tests/test_lanczos.py

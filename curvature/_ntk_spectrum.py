@@ -294,9 +294,13 @@ def stability_factors(
             f"(300 for the spiral, not N*C) (got {num_samples!r})"
         )
     eigenvalues = jnp.asarray(eigenvalues)
-    factors = 1 - learning_rate * eigenvalues / num_samples
+    # Regimes from eta * lambda against 0, N and 2N (exact for N < 2**24): the factor's own
+    # division is not correctly rounded on GPUs (600 / 300 gave a factor just above -1 on an
+    # H200, so the marginal case read as oscillating).
+    scaled = learning_rate * eigenvalues
+    factors = 1 - scaled / num_samples
     regime = jnp.select(
-        [factors > 1, factors >= 0, factors > -1, factors == -1],
+        [scaled < 0, scaled <= num_samples, scaled < 2 * num_samples, scaled == 2 * num_samples],
         [GROWING, SMOOTH, OSCILLATING, MARGINAL],
         default=DIVERGENT,
     ).astype(jnp.int32)

@@ -124,3 +124,18 @@ def test_outside_precision_setting_is_restored():
     params, _, _, loss_fn = _model()
     hvp(loss_fn, params, params)
     assert jax.config.jax_default_matmul_precision is None
+
+
+def test_training_step_traces_at_full_precision():
+    """``training.precision`` (which ``train``, ``train_batch`` and the sweeps run under) makes
+    the training step's products full float32 too, so a float32 run on a GPU is not TF32."""
+    from training import TrainConfig, build, context, initial_state, precision
+
+    problem = build(TrainConfig(hidden_widths=(8,)))
+    params = initial_state(problem)[0]
+
+    def step_gradient(p):
+        return jax.grad(context(problem, p, 0).loss_fn)(p)
+
+    with precision("float32"):
+        _all_highest(step_gradient, params)

@@ -2,9 +2,11 @@
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 import xarray as xr
@@ -60,9 +62,21 @@ def test_each_entry_is_its_own_run(local):
     )
 
 
+def _deterministic_backend() -> bool:
+    """Whether separate processes compile to the same kernels: on CPU, and on a GPU only with
+    ``--xla_gpu_deterministic_ops=true`` (without it, an H200 gave rounding-level
+    differences, 2.2e-7 relative, between the dask workers and this process)."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    return jax.default_backend() == "cpu" or "--xla_gpu_deterministic_ops=true" in flags
+
+
 def test_dask_path_equals_local_path(local, tmp_path):
     dask = sweep(BASE, GRID, summary_every=20, batch_size=3, workers=2, command="test")
-    xr.testing.assert_identical(dask, local)
+    if _deterministic_backend():
+        xr.testing.assert_identical(dask, local)
+    else:
+        xr.testing.assert_allclose(dask, local, rtol=1e-5)
+        assert dask.attrs == local.attrs
 
 
 def test_restart_skips_finished_batches(local, tmp_path):
@@ -224,6 +238,12 @@ def test_shipped_sweep_reproduces_phase_example():
         assert ds.attrs["command"].startswith("dynloss sweep examples/sweep_laptop.toml")
 
 
+@pytest.mark.skipif(
+    jax.default_backend() != "cpu",
+    reason="data/sweep_laptop.nc was recorded on CPU, and these runs at the edge of stability "
+    "follow rounding: on CPU a 1-ulp change of the learning rate moves their final accuracies "
+    "from 0.623 / 0.627 to 0.610 / 0.647, and an H200 gave 0.763 / 0.647",
+)
 def test_shipped_sweep_reruns():
     """Two runs of the shipped sweep, trained again, give its recorded final accuracies."""
     with xr.open_dataset(ROOT / "data" / "sweep_laptop.nc") as ds:

@@ -106,12 +106,20 @@ class Restored(NamedTuple):
 
 @contextlib.contextmanager
 def precision(dtype: str) -> Iterator[None]:
-    """Enable 64-bit JAX types inside the block when ``dtype == "float64"``; else a no-op."""
-    if dtype == "float64":
-        with jax.enable_x64(True):
+    """Trace and run the block in the run's precision: 64-bit JAX types when
+    ``dtype == "float64"``, and full-precision matrix products in either dtype.
+
+    On GPUs XLA multiplies float32 matrices in TF32 (10-bit mantissa) by default; measured on
+    an H200, a vmapped batch of two runs then drifted 6e-4 (relative) from the same runs
+    alone within 120 steps; at full precision they agreed there within 1e-5 (1e-6 on CPU).
+    On CPU the setting changes nothing.
+    """
+    with jax.default_matmul_precision("highest"):
+        if dtype == "float64":
+            with jax.enable_x64(True):
+                yield
+        else:
             yield
-    else:
-        yield
 
 
 def load_data(config: TrainConfig) -> Data:
