@@ -70,6 +70,10 @@ class StabilityFactors(NamedTuple):
             mode flips sign without decaying), ``3`` divergent (factor < -1: sign-flipping
             growth, the two-branch instability), ``4`` growing (factor > 1: only possible for
             a negative eigenvalue, i.e. a non-PSD input or rounding of a zero eigenvalue).
+            The regime is decided by ``eta * lambda`` against 0, N and 2N (the same
+            boundaries, free of the division's rounding): a negative eigenvalue is growing
+            even where its factor rounds to 1, and eta*lambda = 2N is marginal even where the
+            factor does not round to -1 exactly. NaN is divergent.
     """
 
     factors: jax.Array
@@ -276,7 +280,8 @@ def stability_factors(
 
     Returns:
         :class:`StabilityFactors` with ``factors`` and int32 ``regime`` of the same shape;
-        boundaries: factor 0 and 1 are smooth, -1 is marginal (see the class docstring).
+        boundaries: factor 0 and 1 are smooth, -1 is marginal, decided from eta * lambda
+        (see the class docstring).
     """
     if not isinstance(learning_rate, jax.core.Tracer):
         lr = np.asarray(learning_rate)

@@ -158,6 +158,19 @@ def test_stability_factors_use_num_samples_not_matrix_size():
     ]
 
 
+def test_stability_regimes_do_not_depend_on_rounding_of_the_factor():
+    # -1e-30 leaves the factor at exactly 1.0 in float32, yet the mode grows; eta = 0.1 puts
+    # the edge at lambda = 6000 for N = 300, where 0.1 * 6000 rounds to 600 = 2N.
+    result = stability_factors(jnp.array([-1e-30, jnp.nan, jnp.inf, 6000.0]), 0.1, 300)
+    assert float(result.factors[0]) == 1.0
+    assert [REGIME_NAMES[int(r)] for r in result.regime] == [
+        "growing",
+        "divergent",
+        "divergent",
+        "marginal",
+    ]
+
+
 def test_stability_factors_accept_traced_learning_rates():
     rates = jnp.array([0.5, 1.0, 2.0])
     factors = jax.jit(jax.vmap(lambda eta: stability_factors(jnp.array([2.0]), eta, 2).factors))

@@ -127,15 +127,16 @@ def test_outside_precision_setting_is_restored():
 
 
 def test_training_step_traces_at_full_precision():
-    """``training.precision`` (which ``train``, ``train_batch`` and the sweeps run under) makes
-    the training step's products full float32 too, so a float32 run on a GPU is not TF32."""
-    from training import TrainConfig, build, context, initial_state, precision
+    """The step that ``train``, ``train_batch`` and the sweeps scan (``make_step``), and code
+    run under ``training.precision``, use full float32 products: not TF32 on a GPU."""
+    from training import TrainConfig, build, context, initial_state, make_step, precision
 
     problem = build(TrainConfig(hidden_widths=(8,)))
-    params = initial_state(problem)[0]
+    carry = (*initial_state(problem), (), problem.hyper)
+    _all_highest(make_step(problem), carry, jnp.asarray(0))
 
     def step_gradient(p):
         return jax.grad(context(problem, p, 0).loss_fn)(p)
 
     with precision("float32"):
-        _all_highest(step_gradient, params)
+        _all_highest(step_gradient, carry[0])

@@ -317,6 +317,9 @@ def make_step(
     the static loss, train accuracy and gradient norm are then computed only on multiples of it
     and are NaN elsewhere, and so are the validation metrics; the minimised loss (divergence
     detection), Γ and the learning rate are still recorded at every step.
+
+    The step traces its matrix products at full precision wherever it is scanned (see
+    :func:`precision`: float32 products are otherwise TF32 on GPUs).
     """
     config, dtype = problem.config, problem.dtype
     if summary_every is not None and (
@@ -419,7 +422,11 @@ def make_step(
             records.update(tracked)
         return (new_params, opt_state, key, states, hyper), records
 
-    return step_fn
+    def full_precision_step(carry: tuple, step: jax.Array) -> tuple[tuple, dict[str, jax.Array]]:
+        with jax.default_matmul_precision("highest"):
+            return step_fn(carry, step)
+
+    return full_precision_step
 
 
 def init_metric_states(problem: Problem, metrics: NamedMetrics, params: Params) -> tuple:
