@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import tempfile
 import time
 from pathlib import Path
@@ -51,7 +52,7 @@ import optax
 from analysis import hessian_trajectory
 from curvature import _hessian as curvature_hessian
 from curvature import hessian_exact, hessian_operator, hessian_top_k, hessian_tracker
-from training import TrainConfig, build, context, initial_state, precision, train
+from training import TrainConfig, build, context, initial_state, train
 
 TARGET = 3.0
 
@@ -127,10 +128,9 @@ def _floor(ctx, vectors, batches=1):
     return (zeros, jnp.zeros((), bool), jnp.zeros((), jnp.int32)), vectors
 
 
-def _floor_two_rounds(ctx, vectors):
-    """Two dependent rounds of k products: the fewest for a tracker that expands its warm
-    start by the residual at the new parameters (the residual needs the first round)."""
-    return _floor(ctx, vectors, batches=2)
+# Two dependent rounds of k products: the fewest for a tracker that expands its warm start by
+# the residual at the new parameters (the residual needs the first round).
+_floor_two_rounds = functools.partial(_floor, batches=2)
 
 
 @contextlib.contextmanager
@@ -305,10 +305,8 @@ def main() -> None:
         f"{'width':>6} {'what':<22} {'us/step':>9} {'cost':>7} {'/3x':>7} "
         f"{'restarts':>9} {'expan.':>6} {'med relres':>9} {'max relres':>9}"
     )
-    # Plain steps in the trainer's precision (full-precision matrix products, as in train()).
-    with precision(args.dtype):
-        for width, n in zip(args.widths, steps, strict=True):
-            measure(width, n, args.dtype, args.k, args.rows, args.start)
+    for width, n in zip(args.widths, steps, strict=True):
+        measure(width, n, args.dtype, args.k, args.rows, args.start)
     for width in [] if args.no_post_hoc else args.widths:
         post_hoc(width, args.checkpoints, args.dtype, args.k)
     if args.exact:

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from training import TrainConfig, build, initial_state, make_step, precision, train
+from training import TrainConfig, build, initial_state, make_step, train
 
 TARGET_STEPS_PER_S = 15_000
 TARGET_RATIO = 0.75
@@ -79,8 +79,7 @@ def main() -> None:
         problem = build(TrainConfig(hidden_widths=(width,), steps=args.steps))
         carry = (*initial_state(problem), (), problem.hyper)
         recorded = _rate(make_step(problem), carry, args.steps, args.repeats)
-        with precision("float32"):  # the trainer's precision for the bare step too
-            bare = _rate(_bare_step(problem), carry, args.steps, args.repeats)
+        bare = _rate(_bare_step(problem), carry, args.steps, args.repeats)
         ratio = recorded / bare
         print(
             f"{width:>6} {recorded:>17,.0f} {bare:>13,.0f} {ratio:>6.2f} "

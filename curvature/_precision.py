@@ -5,7 +5,7 @@ products then carry relative errors near 1e-3, Lanczos loses orthogonality and r
 cannot fall below about 2e-4 (measured on an H100: cold Lanczos top-3 at width 100, median
 relative residual 2.4e-4 against 4e-7 on CPU). Every public curvature function therefore
 traces its work under ``jax.default_matmul_precision("highest")``; on CPU and in float64 this
-changes nothing. The trainer does the same for its steps (``training.precision``).
+changes nothing. The models of ``training`` ask for full precision in their own products.
 """
 
 from __future__ import annotations

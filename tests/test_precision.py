@@ -127,8 +127,9 @@ def test_outside_precision_setting_is_restored():
 
 
 def test_training_step_traces_at_full_precision():
-    """The step that ``train``, ``train_batch`` and the sweeps scan (``make_step``), and code
-    run under ``training.precision``, use full float32 products: not TF32 on a GPU."""
+    """The step that ``train``, ``train_batch`` and the sweeps scan (``make_step``), and the
+    loss gradient of ``context`` (under ``training.precision`` as the map runs it), use full
+    float32 products: the model asks for them, so a float32 run on a GPU is not TF32."""
     from training import TrainConfig, build, context, initial_state, make_step, precision
 
     problem = build(TrainConfig(hidden_widths=(8,)))

@@ -106,20 +106,16 @@ class Restored(NamedTuple):
 
 @contextlib.contextmanager
 def precision(dtype: str) -> Iterator[None]:
-    """Trace and run the block in the run's precision: 64-bit JAX types when
-    ``dtype == "float64"``, and full-precision matrix products in either dtype.
+    """Enable 64-bit JAX types inside the block when ``dtype == "float64"``; else a no-op.
 
-    On GPUs XLA multiplies float32 matrices in TF32 (10-bit mantissa) by default; measured on
-    an H200, a vmapped batch of two runs then drifted 6e-4 (relative) from the same runs
-    alone within 120 steps; at full precision they agreed there within 1e-5 (1e-6 on CPU).
-    On CPU the setting changes nothing.
+    (Matrix products need no setting here: the models ask for full precision themselves, see
+    ``training._models._dense``.)
     """
-    with jax.default_matmul_precision("highest"):
-        if dtype == "float64":
-            with jax.enable_x64(True):
-                yield
-        else:
+    if dtype == "float64":
+        with jax.enable_x64(True):
             yield
+    else:
+        yield
 
 
 def load_data(config: TrainConfig) -> Data:
@@ -317,9 +313,6 @@ def make_step(
     the static loss, train accuracy and gradient norm are then computed only on multiples of it
     and are NaN elsewhere, and so are the validation metrics; the minimised loss (divergence
     detection), Γ and the learning rate are still recorded at every step.
-
-    The step traces its matrix products at full precision wherever it is scanned (see
-    :func:`precision`: float32 products are otherwise TF32 on GPUs).
     """
     config, dtype = problem.config, problem.dtype
     if summary_every is not None and (
@@ -422,11 +415,7 @@ def make_step(
             records.update(tracked)
         return (new_params, opt_state, key, states, hyper), records
 
-    def full_precision_step(carry: tuple, step: jax.Array) -> tuple[tuple, dict[str, jax.Array]]:
-        with jax.default_matmul_precision("highest"):
-            return step_fn(carry, step)
-
-    return full_precision_step
+    return step_fn
 
 
 def init_metric_states(problem: Problem, metrics: NamedMetrics, params: Params) -> tuple:
