@@ -73,6 +73,8 @@ def _window_mean(values: np.ndarray, window: int) -> np.ndarray:
     orders of magnitude, as in a diverging cascade, keep their precision.
     """
     n = values.size
+    if n == 0:
+        return np.full(0, np.nan)
     half = window // 2
     padded = np.full(n + window - 1, np.nan)
     padded[half : half + n] = values
@@ -325,8 +327,13 @@ def _tracking_interval(values: np.ndarray) -> int:
 def _gamma_periods(gamma: np.ndarray) -> np.ndarray:
     """Period index per step from Γ(step, class): one period per stretch of one class in focus.
 
-    The class in focus is argmax Γ wherever the classes differ; steps with Γ ≡ 1 (all equal)
-    belong to the period that follows them, or −1 after the last one (oscillation stopped).
+    The class in focus is argmax Γ wherever the classes differ. A stretch of steps with Γ ≡ 1
+    (all equal) between two focused stretches is split at its middle, the first half going to
+    the period before and the rest to the period after: exact for the triangle and sine
+    schedules (Γ ≡ 1 at the one step where a period begins, which goes to the period after) and
+    for the square one (Γ ≡ 1 over the last quarter of a period and the first quarter of the
+    next). Steps before the first focused one belong to the first period; steps after the last
+    one get −1 (oscillation stopped).
     """
     n = gamma.shape[0]
     finite = np.all(np.isfinite(gamma), axis=1)
@@ -339,10 +346,16 @@ def _gamma_periods(gamma: np.ndarray) -> np.ndarray:
     segment = np.cumsum(new_segment) - 1
     index = np.arange(n)
     next_focused = np.minimum.accumulate(np.where(~neutral, index, n)[::-1])[::-1]
+    last_focused = np.maximum.accumulate(np.where(~neutral, index, -1))
     periods = np.full(n, -1, dtype=np.int64)
     periods[~neutral] = segment[~neutral]
     ahead = neutral & (next_focused < n)
     periods[ahead] = segment[next_focused[ahead]]
+    # Between two focused stretches: the first half of the neutral stretch to the period before.
+    between = ahead & (last_focused >= 0)
+    length = next_focused - last_focused - 1
+    behind = between & (index - last_focused <= length // 2)
+    periods[behind] = segment[last_focused[behind]]
     return periods
 
 
@@ -352,8 +365,9 @@ def _period_indices(run: xr.Dataset, steps: np.ndarray, config: dict[str, Any]) 
     oscillating = config.get("schedule", "triangle") != "constant" and (
         config.get("amplitude") is None or float(config["amplitude"]) != 1.0
     )
-    if period is not None and oscillating and int(period) > 0:
-        periods = (steps // int(period)).astype(np.int64)
+    if period is not None and oscillating and float(period) > 0:
+        # floor(t / T) as the schedule computes it: T may be fractional (T = T0 / η).
+        periods = np.floor(steps / float(period)).astype(np.int64)
         stop_after = config.get("stop_after")
         if stop_after is not None:
             periods[steps >= int(stop_after)] = -1
@@ -437,7 +451,8 @@ def detect_onsets(
       depends on the loss units (mean vs sum over samples) and on η (λ scales like 1/η, so one
       tolerance is relatively smaller at small η); an early transient or a class switch that
       moves λ_max by more than the tolerance in one step counts as an instability. With sparse
-      tracking the difference is between consecutive tracked samples.
+      tracking the difference is between consecutive tracked samples, and a single isolated
+      jump (an episode of one sample) is dropped by the default `min_length` of 2 steps.
     - `"branches"`: per-step branch counts of `variable` from `branch_labels` (period p is the
       smallest p in 2, 4, …, `max_period` with windowed |y(t) − y(t−p)| ≤ `branch_tolerance` ×
       windowed |y(t) − y(t−1)|, y = ΔF); an episode is a stretch of oscillating steps
@@ -491,7 +506,9 @@ def detect_onsets(
         tolerance: `lambda_jump` tolerance on |Δλ_max| in the loss's λ units, > 0.
         branch_tolerance: relative tolerance of the period test, in (0, 1).
         max_period: largest period tested, a power of two ≥ 2.
-        merge_gap: episodes separated by at most this many steps are merged (default `window`).
+        merge_gap: episodes separated by at most this many steps are merged (default
+            `window`; for `lambda_jump` the larger of `window` and twice the tracking
+            interval, so that jumps at consecutive tracked samples form one episode).
         min_length: shortest episode kept, in steps (default `window // 2`; 2 for
             `lambda_jump`). Cascades at the end of short periods can last only a few dozen
             steps.
@@ -532,7 +549,8 @@ def detect_onsets(
     max_period = _check_int("max_period", max_period, 2)
     if max_period & (max_period - 1):
         raise ValueError(f"max_period must be a power of two >= 2 (got {max_period}).")
-    merge_gap = window if merge_gap is None else _check_int("merge_gap", merge_gap, 0)
+    if merge_gap is not None:
+        merge_gap = _check_int("merge_gap", merge_gap, 0)
     default_length = 2 if method == "lambda_jump" else max(2, window // 2)
     min_length = default_length if min_length is None else _check_int("min_length", min_length, 1)
 
@@ -566,6 +584,11 @@ def detect_onsets(
             eig[EIGEN_INDEX].values if EIGEN_INDEX in eig.coords else np.arange(1, eig.shape[1] + 1)
         )
         lam = np.asarray(eig.values, dtype=float)
+    if merge_gap is None:
+        # For lambda_jump, jumps at consecutive tracked samples (and one sample apart) belong
+        # to one episode whatever the tracking interval.
+        sparse = 2 * _tracking_interval(lam) if method == "lambda_jump" else 0
+        merge_gap = max(window, sparse)
 
     labels = branch_labels(
         x,

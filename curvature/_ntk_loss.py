@@ -68,6 +68,13 @@ def _check_loss_inputs(
         )
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(f"labels must be integers in [0, C) (got dtype {labels.dtype})")
+    # JAX's gathers clamp or wrap an index out of range instead of failing: check known labels.
+    if not isinstance(labels, jax.core.Tracer) and labels.size:
+        low, high = int(jnp.min(labels)), int(jnp.max(labels))
+        if low < 0 or high >= c:
+            raise ValueError(
+                f"labels must be integers in [0, C) = [0, {c}) (got values from {low} to {high})"
+            )
     if weights is None:
         return
     if loss not in _WEIGHTED:

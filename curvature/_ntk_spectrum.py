@@ -69,11 +69,11 @@ class StabilityFactors(NamedTuple):
             ``2`` marginal (factor == -1 exactly: eta*lambda/N = 2, the edge of stability, the
             mode flips sign without decaying), ``3`` divergent (factor < -1: sign-flipping
             growth, the two-branch instability), ``4`` growing (factor > 1: only possible for
-            a negative eigenvalue, i.e. a non-PSD input or rounding of a zero eigenvalue).
+            a negative eigenvalue beyond ``zero_tolerance``, i.e. a non-PSD input).
             The regime is decided by ``eta * lambda`` against 0, N and 2N (the same
-            boundaries, free of the division's rounding): a negative eigenvalue is growing
-            even where its factor rounds to 1, and eta*lambda = 2N is marginal even where the
-            factor does not round to -1 exactly. NaN is divergent.
+            boundaries, free of the division's rounding): a negative eigenvalue beyond the
+            tolerance is growing even where its factor rounds to 1, and eta*lambda = 2N is
+            marginal even where the factor does not round to -1 exactly. NaN is divergent.
     """
 
     factors: jax.Array
@@ -263,7 +263,11 @@ def _ntk_top_k_jit(
 
 
 def stability_factors(
-    eigenvalues: jax.Array, learning_rate: float | jax.Array, num_samples: int
+    eigenvalues: jax.Array,
+    learning_rate: float | jax.Array,
+    num_samples: int,
+    *,
+    zero_tolerance: float | None = None,
 ) -> StabilityFactors:
     """Per-mode factors ``1 - learning_rate * lambda_j / num_samples`` and their regimes.
 
@@ -277,6 +281,14 @@ def stability_factors(
         eigenvalues: any shape, e.g. (M,) from :func:`ntk_spectrum` or (steps, k).
         learning_rate: eta > 0 (a Python number is checked; a traced value is not).
         num_samples: N >= 1, a Python integer.
+        zero_tolerance: eigenvalues with ``|lambda| <= zero_tolerance`` are zero modes (regime
+            smooth, factor about 1), so that rounding of the exact zeros of a PSD kernel does
+            not read as growth. Default: ``M * eps * max|lambda|`` along the last axis (finite
+            values; ``M`` its length, ``eps`` of the dtype), the rank tolerance of
+            ``numpy.linalg.matrix_rank``, right for a full spectrum from :func:`ntk_spectrum`
+            (whose ``eigh`` returns the zero modes of the spiral's 900 x 900 kernel at width 100
+            as values down to -2e-4 in float32) and negligible for a top-k. ``0`` counts every
+            negative eigenvalue as growing.
 
     Returns:
         :class:`StabilityFactors` with ``factors`` and int32 ``regime`` of the same shape;
@@ -298,14 +310,29 @@ def stability_factors(
             "num_samples must be a positive integer, the number of training samples N "
             f"(300 for the spiral, not N*C) (got {num_samples!r})"
         )
+    if zero_tolerance is not None and not (
+        isinstance(zero_tolerance, jax.core.Tracer) or float(zero_tolerance) >= 0
+    ):
+        raise ValueError(f"zero_tolerance must be >= 0 or None (got {zero_tolerance!r})")
     eigenvalues = jnp.asarray(eigenvalues)
+    if zero_tolerance is None:
+        dtype = eigenvalues.dtype if jnp.issubdtype(eigenvalues.dtype, jnp.floating) else float
+        magnitude = jnp.where(jnp.isfinite(eigenvalues), jnp.abs(eigenvalues), 0)
+        size = eigenvalues.shape[-1] if eigenvalues.ndim else 1
+        largest = jnp.max(magnitude, axis=-1, keepdims=True) if eigenvalues.ndim else magnitude
+        zero_tolerance = size * jnp.finfo(dtype).eps * largest
     # Regimes from eta * lambda against 0, N and 2N (exact for N < 2**24): the factor's own
     # division is not correctly rounded on GPUs (600 / 300 gave a factor just above -1 on an
     # H200, so the marginal case read as oscillating).
     scaled = learning_rate * eigenvalues
     factors = 1 - scaled / num_samples
     regime = jnp.select(
-        [scaled < 0, scaled <= num_samples, scaled < 2 * num_samples, scaled == 2 * num_samples],
+        [
+            (scaled < 0) & ~(jnp.abs(eigenvalues) <= zero_tolerance),
+            scaled <= num_samples,
+            scaled < 2 * num_samples,
+            scaled == 2 * num_samples,
+        ],
         [GROWING, SMOOTH, OSCILLATING, MARGINAL],
         default=DIVERGENT,
     ).astype(jnp.int32)

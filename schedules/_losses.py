@@ -25,6 +25,7 @@ from typing import TypeAlias
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Loss: TypeAlias = Callable[..., jax.Array]
 """``loss(outputs, labels, weights=None) -> scalar``."""
@@ -41,10 +42,31 @@ def _check_shapes(outputs: jax.Array, labels: jax.Array, weights: jax.Array | No
             f"labels must have shape (N,) = {outputs.shape[:1]} to match outputs "
             f"(got shape {labels.shape})."
         )
+    _check_labels(labels, outputs.shape[1])
     if weights is not None and jnp.shape(weights) != outputs.shape[1:]:
         raise ValueError(
             f"weights must be the class factors Γ of shape (C,) = {outputs.shape[1:]} "
             f"(got shape {jnp.shape(weights)})."
+        )
+
+
+def _check_labels(labels: jax.typing.ArrayLike, num_classes: int) -> None:
+    """Refuse labels that are not integers in ``[0, num_classes)``.
+
+    The range is checked where the labels are known now (not under ``jit``): JAX's gathers do
+    not fail on an index out of range but clamp or wrap it, which would give a finite, wrong
+    loss. (The trainer's labels come from its built-in datasets, in range by construction.)
+    """
+    dtype = jnp.result_type(labels)
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(f"labels must be integers in [0, {num_classes}) (got dtype {dtype}).")
+    if isinstance(labels, jax.core.Tracer):
+        return
+    values = np.asarray(labels)
+    if values.size and (values.min() < 0 or values.max() >= num_classes):
+        raise ValueError(
+            f"labels must be integers in [0, {num_classes}) (got values from {values.min()} to "
+            f"{values.max()})."
         )
 
 

@@ -14,8 +14,9 @@ The shapes differ only in ``g``:
 - ``square``: ``g = A`` for ``T/4 <= τ < 3T/4`` and 1 otherwise (centred on the triangle's peak).
 - ``constant``: ``Γ ≡ 1`` (the static loss).
 
-Amplitude, period and stop step may be Python numbers (validated eagerly) or JAX arrays (traced
-under ``jax.vmap``/``jit``; not validated, since a traced value has no concrete value to check).
+Amplitude, period and stop step may be Python or NumPy numbers (validated eagerly: period and
+amplitude finite) or JAX arrays (traced under ``jax.vmap``/``jit``; not validated, since a traced
+value has no concrete value to check).
 The result has the float dtype of ``period`` and ``amplitude`` when they are arrays (so a
 float32 run computes Γ in float32 whether or not 64-bit mode is on), else JAX's default float
 dtype.
@@ -23,6 +24,9 @@ dtype.
 
 from __future__ import annotations
 
+import math
+import numbers
+import operator
 from collections.abc import Callable
 from typing import TypeAlias
 
@@ -36,20 +40,28 @@ SHAPES = ("triangle", "sine", "square", "constant")
 
 
 def _is_concrete(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A real number known now: Python's or NumPy's scalars (not booleans, not JAX arrays)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _check(num_classes: int, period: object, amplitude: object, stop_after: object) -> None:
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+def _check(num_classes: object, period: object, amplitude: object, stop_after: object) -> int:
+    """Validate the concrete parameters; return ``num_classes`` as a Python int."""
+    try:
+        classes = operator.index(num_classes)
+    except TypeError:
+        classes = 0
+    if isinstance(num_classes, bool) or classes < 1:
         raise ValueError(f"num_classes must be an integer >= 1 (got {num_classes!r}).")
-    if _is_concrete(amplitude) and not amplitude >= 1:  # also rejects NaN
+    if _is_concrete(amplitude) and not (amplitude >= 1 and math.isfinite(amplitude)):
         raise ValueError(
-            f"amplitude must be >= 1 (got {amplitude!r}); amplitude 1 is the static loss."
+            f"amplitude must be finite and >= 1 (got {amplitude!r}); amplitude 1 is the static "
+            "loss."
         )
-    if _is_concrete(period) and not period > 0:
-        raise ValueError(f"period must be > 0 steps (got {period!r}).")
+    if _is_concrete(period) and not (period > 0 and math.isfinite(period)):
+        raise ValueError(f"period must be a finite number of steps > 0 (got {period!r}).")
     if _is_concrete(stop_after) and not stop_after >= 0:
         raise ValueError(f"stop_after must be a step >= 0 or None for never (got {stop_after!r}).")
+    return classes
 
 
 def _oscillating(
@@ -60,7 +72,7 @@ def _oscillating(
     stop_after: object,
 ) -> Schedule:
     """Build a schedule from the raw factor ``raw(tau, period, amplitude)`` of the focus class."""
-    _check(num_classes, period, amplitude, stop_after)
+    num_classes = _check(num_classes, period, amplitude, stop_after)
 
     dtype = jnp.result_type(float, period, amplitude)
 
@@ -139,7 +151,7 @@ def square(
 
 def constant(num_classes: int) -> Schedule:
     """The static schedule ``Γ ≡ 1`` of shape (num_classes,)."""
-    _check(num_classes, None, None, None)
+    num_classes = _check(num_classes, None, None, None)
 
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
         del step

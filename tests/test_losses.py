@@ -81,6 +81,21 @@ def test_shape_errors(batch):
         dmse2(o[0], y, w)
 
 
+@pytest.mark.parametrize("loss", [cross_entropy, dce, mse, dmse1, dmse2])
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ([0, 1, 3], r"labels must be integers in \[0, 3\) \(got values from 0 to 3\)"),
+        ([0, 1, -1], r"labels must be integers in \[0, 3\) \(got values from -1 to 1\)"),
+        ([0.0, 1.0, 2.0], r"labels must be integers in \[0, 3\) \(got dtype float"),
+    ],
+)
+def test_labels_out_of_range_are_refused(loss, labels, message):
+    # JAX's gathers would clamp or wrap them into a finite, wrong loss.
+    with pytest.raises(ValueError, match=message):
+        loss(jnp.ones((3, 3)), jnp.asarray(labels))
+
+
 def test_lookup():
     assert get_loss("dmse2") is dmse2
     assert is_dynamical("dce") and not is_dynamical("mse")

@@ -161,7 +161,8 @@ def test_stability_factors_use_num_samples_not_matrix_size():
 def test_stability_regimes_do_not_depend_on_rounding_of_the_factor():
     # -1e-30 leaves the factor at exactly 1.0 in float32, yet the mode grows; eta = 0.1 puts
     # the edge at lambda = 6000 for N = 300, where 0.1 * 6000 rounds to 600 = 2N.
-    result = stability_factors(jnp.array([-1e-30, jnp.nan, jnp.inf, 6000.0]), 0.1, 300)
+    values = jnp.array([-1e-30, jnp.nan, jnp.inf, 6000.0])
+    result = stability_factors(values, 0.1, 300, zero_tolerance=0.0)
     assert float(result.factors[0]) == 1.0
     assert [REGIME_NAMES[int(r)] for r in result.regime] == [
         "growing",
@@ -169,6 +170,24 @@ def test_stability_regimes_do_not_depend_on_rounding_of_the_factor():
         "divergent",
         "marginal",
     ]
+
+
+GROWING = REGIME_NAMES.index("growing")
+
+
+def test_stability_zero_modes_of_a_psd_kernel_are_not_growing():
+    # A rank-20 PSD matrix of size 60: eigh in float32 returns its 40 exact zeros as values of
+    # either sign, of order M * eps * lambda_max; by default they are zero modes (smooth).
+    factor = jax.random.normal(jax.random.key(0), (60, 20), jnp.float32)
+    values = ntk_spectrum(factor @ factor.T).eigenvalues
+    assert int(jnp.sum(values < 0)) > 0
+    regimes = stability_factors(values, 1.0, 10_000).regime
+    assert int(jnp.sum(regimes == GROWING)) == 0
+    strict = stability_factors(values, 1.0, 10_000, zero_tolerance=0.0).regime
+    assert int(jnp.sum(strict == GROWING)) == int(jnp.sum(values < 0))
+    # A clearly negative eigenvalue among them still grows.
+    regimes = stability_factors(values.at[-1].set(-1e-2 * values[0]), 1.0, 10_000).regime
+    assert int(regimes[-1]) == GROWING
 
 
 def test_stability_factors_accept_traced_learning_rates():
@@ -191,3 +210,8 @@ def test_stability_factors_accept_traced_learning_rates():
 def test_stability_factors_reject_bad_inputs(learning_rate, num_samples, message):
     with pytest.raises(ValueError, match=message):
         stability_factors(jnp.ones(3), learning_rate, num_samples)
+
+
+def test_stability_factors_reject_a_negative_zero_tolerance():
+    with pytest.raises(ValueError, match=r"zero_tolerance must be >= 0 or None \(got -1.0\)"):
+        stability_factors(jnp.ones(3), 1.0, 3, zero_tolerance=-1.0)

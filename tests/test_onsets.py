@@ -108,7 +108,8 @@ def make_run(loss, eigenvalues=None, *, learning_rate=None, config=None, **extra
     data = {"loss": ("step", np.asarray(loss, dtype=float))}
     coords = {"step": np.arange(n, dtype=np.int64)}
     if eigenvalues is not None:
-        eigenvalues = np.asarray(eigenvalues, dtype=float).reshape(n, -1)
+        eigenvalues = np.asarray(eigenvalues, dtype=float)
+        eigenvalues = eigenvalues.reshape(n, -1) if eigenvalues.ndim < 2 else eigenvalues
         data["hessian_eigenvalues"] = (("step", "eigen_index"), eigenvalues)
         coords["eigen_index"] = np.arange(1, eigenvalues.shape[1] + 1)
     if learning_rate is not None:
@@ -285,6 +286,51 @@ def test_period_index_from_config_gamma_or_unknown():
     assert unknown.period_index.values.tolist() == [-1, -1, -1]
     constant = detect_onsets(make_run(loss, config={"period": period, "schedule": "constant"}))
     assert constant.period_index.values.tolist() == [-1, -1, -1]
+
+
+def test_period_index_with_a_fractional_period():
+    # T = T0 / η is fractional: periods are floor(t / T) as in the schedule, not t // int(T).
+    period = 100.5  # period 18 runs from step 1809 to 1909, period 19 from 1910
+    loss = burst_loss(2100, [(1000, 1060), (1905, 1965)])
+    onsets = detect_onsets(make_run(loss, config={"period": period, "amplitude": 70}))
+    assert np.all(np.abs(onsets.onset_step.values - [1000, 1905]) <= 1)
+    assert onsets.period_index.values.tolist() == [9, 18]
+
+
+def test_period_index_from_a_square_gamma():
+    # Square Γ is ≡ 1 over the last quarter of a period and the first quarter of the next.
+    # Onsets in the last quarter of period 1 and the first quarter of period 4.
+    n, period = 2000, 400
+    loss = burst_loss(n, [(720, 780), (1640, 1700)])
+    t = np.arange(n)
+    phase = t % period
+    raw = np.ones((n, 3))
+    raw[t, (t // period) % 3] = np.where((phase >= 100) & (phase < 300), 5.0, 1.0)
+    gamma = 3 * raw / raw.sum(axis=1, keepdims=True)
+    onsets = detect_onsets(make_run(loss, gamma=gamma))
+    assert np.all(np.abs(onsets.onset_step.values - [720, 1640]) <= 1)
+    assert onsets.period_index.values.tolist() == [1, 4]
+
+
+@pytest.mark.parametrize("every", [1, 34, 100])
+def test_lambda_jump_finds_jumps_at_any_tracking_interval(every):
+    # λ alternates by 0.3 between tracked samples from step 1000 to 3000, flat elsewhere.
+    n = 4000
+    steps = np.arange(n)
+    inside = (steps >= 1000) & (steps <= 3000)
+    lam = np.where(inside, 2.0 + 0.3 * ((steps // every) % 2), 2.0)
+    lam[steps % every != 0] = np.nan
+    onsets = detect_onsets(make_run(np.ones(n), lam), method="lambda_jump")
+    assert onsets.sizes["onset"] == 1
+    # The first jump is at the first tracked sample on the upper branch.
+    assert 1000 <= int(onsets.onset_step[0]) <= 1000 + 2 * every
+    assert 3000 - 2 * every <= int(onsets.end_step[0]) <= 3000 + every
+
+
+def test_an_empty_run_has_no_onsets():
+    for method in ("alternation", "branches", "lambda_jump"):
+        onsets = detect_onsets(make_run(np.zeros(0), np.zeros((0, 2))), method=method)
+        assert onsets.sizes["onset"] == 0
 
 
 def test_alternation_onset_and_end_are_exact_on_clean_bursts():

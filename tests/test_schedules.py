@@ -93,11 +93,17 @@ def test_jit_and_vmap_over_traced_parameters():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"amplitude": 0.5}, "amplitude must be >= 1"),
-        ({"period": 0}, "period must be > 0"),
-        ({"period": -3}, "period must be > 0"),
+        ({"amplitude": 0.5}, "amplitude must be finite and >= 1"),
+        ({"amplitude": np.float32(0.5)}, "amplitude must be finite and >= 1"),
+        ({"amplitude": float("inf")}, "amplitude must be finite and >= 1"),
+        ({"period": 0}, "period must be a finite number of steps > 0"),
+        ({"period": -3}, "period must be a finite number of steps > 0"),
+        ({"period": np.int64(0)}, "period must be a finite number of steps > 0"),
+        ({"period": float("inf")}, "period must be a finite number of steps > 0"),
         ({"num_classes": 0}, "num_classes must be an integer >= 1"),
+        ({"num_classes": 3.0}, "num_classes must be an integer >= 1"),
         ({"stop_after": -1}, "stop_after must be a step >= 0"),
+        ({"stop_after": np.int64(-5)}, "stop_after must be a step >= 0"),
     ],
 )
 def test_bad_input(kwargs, message):
@@ -105,6 +111,12 @@ def test_bad_input(kwargs, message):
     stop = args.pop("stop_after", None)
     with pytest.raises(ValueError, match=message):
         triangle(args["num_classes"], args["period"], args["amplitude"], stop_after=stop)
+
+
+def test_numpy_numbers_are_accepted_like_python_numbers():
+    expected = triangle(3, 200.0, 10.0, stop_after=500)(150)
+    got = triangle(np.int64(3), np.float64(200.0), np.float32(10.0), stop_after=np.int64(500))
+    np.testing.assert_allclose(got(150), expected, rtol=1e-6)
 
 
 def test_unknown_shape():
