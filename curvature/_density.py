@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from curvature._hessian import LossFn, PyTree, hessian_operator
@@ -65,7 +66,7 @@ def spectral_density(
     grid: jax.Array | None = None,
     num_points: int = 1024,
     sigma: float | None = None,
-    key: jax.Array,
+    key: jax.Array | None = None,
     reortho: str = "full",
 ) -> Density:
     """The Hessian's eigenvalue density by stochastic Lanczos quadrature.
@@ -85,8 +86,9 @@ def spectral_density(
         grid: (num_points,) evaluation grid; default ``num_points`` points spanning the Ritz
             values extended by 5 sigma on both sides.
         num_points: grid size when ``grid`` is None.
-        sigma: kernel width; default 1% of the Ritz-value range (floored at tiny).
-        key: PRNG key for the probes.
+        sigma: kernel width; default 1% of the Ritz-value range, at least 1e-3 of the
+            largest |Ritz value| (a spectrum of one repeated value gets a finite width).
+        key: PRNG key for the probes (default ``jax.random.key(0)``).
         reortho: ``"full"`` (default) or ``"none"`` reorthogonalisation.
 
     Returns:
@@ -95,11 +97,15 @@ def spectral_density(
     """
     flat, _ = ravel_pytree(params)
     p = flat.shape[0]
-    if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
+    if (
+        isinstance(num_probes, bool)
+        or not isinstance(num_probes, int | np.integer)
+        or num_probes < 1
+    ):
         raise ValueError(f"num_probes must be a positive integer (got {num_probes!r}).")
     if (
         isinstance(num_matvecs, bool)
-        or not isinstance(num_matvecs, int)
+        or not isinstance(num_matvecs, int | np.integer)
         or not 1 <= num_matvecs <= p
     ):
         raise ValueError(
@@ -111,10 +117,16 @@ def spectral_density(
             f"reortho must be 'full' (full reorthogonalisation) or 'none' (plain three-term "
             f"recurrence) (got {reortho!r})."
         )
-    if grid is None and (not isinstance(num_points, int) or num_points < 2):
+    if grid is None and (
+        isinstance(num_points, bool)
+        or not isinstance(num_points, int | np.integer)
+        or num_points < 2
+    ):
         raise ValueError(f"num_points must be an integer >= 2 (got {num_points!r}).")
     if sigma is not None and not sigma > 0:
         raise ValueError(f"sigma must be > 0 (got {sigma!r}).")
+    num_probes, num_matvecs = int(num_probes), int(num_matvecs)
+    key = jax.random.key(0) if key is None else key
     op = hessian_operator(loss_fn, params)
     algorithm = lanczos(num_matvecs, reortho=reortho)
     probes = jax.random.rademacher(key, (num_probes, p), dtype=flat.dtype)
@@ -126,7 +138,10 @@ def spectral_density(
     ritz_values, ritz_weights = jax.lax.map(quadrature, probes)
     if sigma is None:
         spread = jnp.max(ritz_values) - jnp.min(ritz_values)
-        sigma = jnp.maximum(0.01 * spread, jnp.finfo(flat.dtype).tiny ** 0.5)
+        scale = jnp.max(jnp.abs(ritz_values))
+        sigma = jnp.maximum(
+            jnp.maximum(0.01 * spread, 1e-3 * scale), jnp.finfo(flat.dtype).tiny ** 0.5
+        )
     if grid is None:
         grid = jnp.linspace(
             jnp.min(ritz_values) - 5 * sigma, jnp.max(ritz_values) + 5 * sigma, num_points

@@ -31,7 +31,7 @@ def default_num_matvecs(k: int, p: int) -> int:
 
 def check_k(k: object, p: int) -> None:
     """Reject a number of eigenpairs outside 1..P with a message naming both."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k > p:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1 or k > p:
         raise ValueError(
             f"k must be an integer with 1 <= k <= P = {p}, the number of parameters (got {k!r})."
         )

@@ -75,18 +75,28 @@ def landscape_section(
     num_a, num_b = _pair(num_points, "num_points")
     if not (ext_a > 0 and ext_b > 0):
         raise ValueError(f"extent must be > 0 (got {extent!r}).")
-    if not all(isinstance(n, int) and n >= 2 for n in (num_a, num_b)):
+    if not all(
+        isinstance(n, int | np.integer) and not isinstance(n, bool) and n >= 2
+        for n in (num_a, num_b)
+    ):
         raise ValueError(
             f"num_points must be an integer >= 2 or a pair of them (got {num_points!r})."
         )
-    if not isinstance(chunk_size, int) or chunk_size < 1:
+    if (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, int | np.integer)
+        or chunk_size < 1
+    ):
         raise ValueError(f"chunk_size must be a positive integer (got {chunk_size!r}).")
     n1 = jnp.linalg.norm(u1)
     u1 = u1 / n1
     u2 = u2 - (u2 @ u1) * u1
+    u2 = u2 - (u2 @ u1) * u1  # twice: one projection leaves rounding along u1
     n2 = jnp.linalg.norm(u2)
+    # v2 parallel to v1 leaves rounding, ~eps |v2|: independence needs more than sqrt(eps).
+    floor = float(jnp.finfo(flat.dtype).eps) ** 0.5
     if not (
-        float(n1) > 0.0 and float(n2) > 1e-8 * float(jnp.linalg.norm(_as_flat(v2, p, "v2")))
+        float(n1) > 0.0 and float(n2) > floor * float(jnp.linalg.norm(_as_flat(v2, p, "v2")))
     ):  # also catches NaN or inf entries
         raise ValueError(
             "v1 and v2 must be finite, non-zero and linearly independent to span a plane "

@@ -136,8 +136,9 @@ def hessian_tracker(
         raise ValueError(
             f"method must be one of {', '.join(repr(m) for m in METHODS)} (got {method!r})."
         )
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
         raise ValueError(f"k must be a positive integer (got {k!r}).")
+    k = int(k)
     min_iterations = {"block": 0, "jax_lobpcg": 1, "lanczos": k}[method]
     if (
         isinstance(num_iterations, bool)
@@ -175,8 +176,12 @@ def hessian_tracker(
                 f"vectors (got k = {k}, P = {p}); use method 'lanczos' with "
                 f"num_iterations = {p} for so small a problem."
             )
-        if method == "lanczos":
-            check_num_matvecs(num_iterations, k, p)
+        if method == "lanczos" and num_iterations > p:
+            raise ValueError(
+                f"num_iterations, the Lanczos depth of method 'lanczos', must satisfy "
+                f"k <= num_iterations <= P, i.e. {k} <= num_iterations <= {p} (got "
+                f"{num_iterations})."
+            )
         if num_matvecs is not None:
             check_num_matvecs(num_matvecs, k, p)
         default_tol = _default_tol(flat.dtype)
@@ -324,10 +329,17 @@ def _block(
 
     def body(carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
         i, _, x, hx, resid, d, hd = carry
-        # Residual block, orthonormal and orthogonal to x (projected twice).
+        # Residual block, orthonormal and orthogonal to x (projected twice). QR turns a row
+        # that projects to zero (an exact eigenvector's residual) into an arbitrary unit
+        # vector, possibly inside span(x): rows left shorter than 1/2 by a last projection
+        # are dropped like those of the previous direction below.
         z = resid - (resid @ x.T) @ x
         z = _orthonormal_rows(z - (z @ x.T) @ x)
         z = _orthonormal_rows(z - (z @ x.T) @ x)
+        z = z - (z @ x.T) @ x
+        lengths = jnp.linalg.norm(z, axis=1)
+        keep_z = lengths > 0.5
+        z = z * jnp.where(keep_z, 1.0 / jnp.where(keep_z, lengths, 1.0), 0.0)[:, None]
         hz = matmat(z)
         xz = jnp.concatenate([x, z])
         hxz = jnp.concatenate([hx, hz])
@@ -349,7 +361,7 @@ def _block(
         gram = basis @ h_basis.T
         gram = 0.5 * (gram + gram.T)
         penalty = 10.0 * (1.0 + jnp.max(jnp.abs(gram)))
-        mask = jnp.concatenate([jnp.ones((2 * k,), bool), keep])
+        mask = jnp.concatenate([jnp.ones((k,), bool), keep_z, keep])
         gram = jnp.where(jnp.diag(~mask), -penalty, gram)
         values, coeffs = jnp.linalg.eigh(gram)
         coeffs = coeffs[:, ::-1][:, :k]

@@ -52,6 +52,19 @@ def test_low_rank_density_puts_all_mass_on_the_spectrum(x64):
     assert w1 < 0.05 * exact.max()
 
 
+@pytest.mark.parametrize(("num_probes", "num_matvecs"), [(1, 1), (2, 4)])
+def test_a_single_repeated_eigenvalue_has_a_finite_normalised_density(num_probes, num_matvecs):
+    # H = 4 I away from 0: every Ritz value is 4, so the spread is 0; the width must still be
+    # large enough for the grid around 4 to resolve it.
+    loss = lambda z: 2.0 * jnp.sum(z**2)  # noqa: E731
+    dens = spectral_density(
+        loss, jnp.ones(10), num_probes=np.int64(num_probes), num_matvecs=num_matvecs
+    )
+    assert np.all(np.isfinite(dens.density)) and np.all(np.diff(dens.grid) > 0)
+    assert float(jnp.trapezoid(dens.density, dens.grid)) == pytest.approx(1.0, abs=1e-4)
+    assert float(dens.grid[jnp.argmax(dens.density)]) == pytest.approx(4.0, rel=1e-3)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

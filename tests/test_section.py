@@ -66,3 +66,22 @@ def test_bad_inputs_are_rejected(kwargs, message):
     options = {"v1": jnp.asarray([1.0, 0, 0]), "v2": jnp.asarray([0, 1.0, 0]), **kwargs}
     with pytest.raises(ValueError, match=message):
         landscape_section(lambda z: jnp.sum(z**2), jnp.zeros(3), **options)
+
+
+@pytest.mark.parametrize("factor", [1.0, 2.0, -0.5])
+def test_parallel_directions_are_refused_in_float32(factor):
+    # In float32 the part of v2 = c v1 orthogonal to v1 is rounding, ~1e-7 |v2|: not a plane.
+    v1 = jnp.asarray(np.random.default_rng(0).standard_normal(603), jnp.float32)
+    with pytest.raises(ValueError, match="linearly independent"):
+        landscape_section(lambda z: jnp.sum(z**2), jnp.zeros(603, jnp.float32), v1, factor * v1)
+
+
+def test_integer_options_may_be_numpy_integers():
+    section = landscape_section(
+        lambda z: jnp.sum(z**2),
+        jnp.zeros(3),
+        jnp.asarray([1.0, 0, 0]),
+        jnp.asarray([0, 1.0, 0]),
+        num_points=np.int64(3),
+    )
+    assert section.surface.shape == (3, 3)

@@ -99,6 +99,21 @@ def test_warm_start_on_fixed_matrix_does_not_restart(x64, method, num_iterations
     assert np.all(cos > 1 - 1e-10)
 
 
+def test_warm_start_holding_an_exact_eigenvector_stays_exact():
+    # The first stored vector is an exact eigenvector: its residual row is exactly zero, and
+    # the residual block must not turn it into a direction inside the warm vectors' span.
+    d = jnp.asarray([10.0, 9, 8, 1, 0.5, 0.2, 0.1, 0])
+    loss = lambda w: 0.5 * jnp.sum(d * w**2)  # noqa: E731
+    tracker = hessian_tracker(2, num_iterations=4, tol=1e-5)
+    state = tracker.init(jnp.zeros(8), jax.random.key(0))
+    previous = jnp.zeros((2, 8)).at[0, 0].set(1.0).at[1, 1].set(0.6).at[1, 3].set(0.8)
+    state = state._replace(eigenvectors=previous, count=jnp.ones((), jnp.int32))
+    eig, state = jax.jit(tracker.update, static_argnums=0)(loss, jnp.zeros(8), state)
+    assert not bool(state.restarted)
+    np.testing.assert_allclose(eig.eigenvalues, [10.0, 9.0], rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(eig.eigenvectors, axis=1), 1.0, rtol=1e-5)
+
+
 def test_smallest_eigenvalues_tracked(x64):
     spectrum = np.concatenate([[-6.0, -5.0, -4.0], np.linspace(-1.0, 8.0, 37)])
     loss, x = None, jnp.zeros(40)
@@ -146,6 +161,11 @@ def test_bad_tracker_options_are_rejected(kwargs, message):
         ({"k": 7}, r"k must be an integer with 1 <= k <= P = 6"),
         ({"k": 2, "method": "jax_lobpcg"}, r"needs 5 \* k < P \(got k = 2, P = 6\)"),
         ({"k": 2, "num_matvecs": 1}, r"num_matvecs must satisfy k <= num_matvecs <= P"),
+        (
+            {"k": 2, "method": "lanczos", "num_iterations": 7},
+            r"num_iterations, the Lanczos depth of method 'lanczos', must satisfy.*2 <= "
+            r"num_iterations <= 6 \(got 7\)",
+        ),
         ({"k": 4}, r"method 'block' needs 2 \* k <= P.*got k = 4, P = 6"),
         ({"k": 2, "restart_tol": 1e-4}, r"restart_tol must be >= tol.*default tol 0.00119"),
     ],
