@@ -21,7 +21,7 @@ from analysis._scaling import (
 )
 from analysis._sweep import expand, sweep
 from analysis._threshold import Threshold, threshold
-from analysis._trajectories import hessian_trajectory, ntk_trajectory
+from analysis._trajectories import checkpoint_section, hessian_trajectory, ntk_trajectory
 
 __all__ = [
     "METHODS",
@@ -30,6 +30,7 @@ __all__ = [
     "Threshold",
     "ThresholdPoints",
     "branch_labels",
+    "checkpoint_section",
     "collect_thresholds",
     "detect_onsets",
     "expand",

@@ -41,11 +41,22 @@ class DiagnosticError(RuntimeError):
         self.partial = partial
 
 
+def integer_steps(steps: Sequence[int] | np.ndarray | int) -> np.ndarray:
+    """``steps`` as a 1-d int64 array; refuses values that are not whole numbers (10.7)."""
+    values = np.atleast_1d(np.asarray(steps))
+    if values.dtype == bool or not (
+        np.issubdtype(values.dtype, np.integer)
+        or (np.issubdtype(values.dtype, np.floating) and np.all(values == np.round(values)))
+    ):
+        raise ValueError(f"steps must be whole step numbers (got {values.tolist()[:8]}).")
+    return values.astype(np.int64)
+
+
 def _select_steps(ds: xr.Dataset, steps: Sequence[int] | None) -> np.ndarray:
     saved = np.asarray(ds["checkpoint_step"].values, np.int64)
     if steps is None:
         return saved
-    steps = np.atleast_1d(np.asarray(steps, np.int64))
+    steps = integer_steps(steps)
     if steps.size == 0:
         raise ValueError(
             f"steps is empty; name at least one saved checkpoint (saved steps are "

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import xarray as xr
 
-from analysis._map import map_checkpoints
+from analysis._map import integer_steps, map_checkpoints
 from curvature import empirical_ntk, ntk_spectrum, spectral_density, stability_factors
 from training import Context, Metric, check_sibling, config_of, open_run, write_sibling
 from training._diagnostics import hessian_metric, ntk_metric
@@ -136,7 +136,7 @@ def hessian_trajectory(
         eps = float(np.finfo(dtype).eps)
         options = {"tol": float(np.sqrt(eps)), "num_iterations": POST_HOC_ITERATIONS, **options}
         if steps is not None:  # each checkpoint warm-starts the next: go forward in time
-            steps = sorted({int(s) for s in np.atleast_1d(np.asarray(steps))})
+            steps = sorted(set(integer_steps(steps).tolist()))
     recorded = {"k": k, "warm": warm, "projection": projection, "density": density, **options}
     if density:
         recorded.update(
@@ -305,7 +305,12 @@ def checkpoint_section(
     from curvature import hessian_top_k, landscape_section
     from training import restore
 
-    ds = open_run(run) if isinstance(run, str | Path) else run
+    if isinstance(run, str | Path):
+        with open_run(run) as ds:
+            return checkpoint_section(
+                ds.load(), step, extent=extent, num_points=num_points, window=window
+            )
+    ds = run
     config = config_of(ds)
     r = restore(ds, step)
     eig = hessian_top_k(r.loss_fn, r.params, 2, key=jax.random.key(config.seed))
@@ -339,7 +344,9 @@ def _options_attr(options: dict) -> str:
 
 def _check_append(run: Any, kind: str, append: bool, overwrite: bool, options: dict) -> None:
     """Refuse before computing what ``write_sibling`` would refuse after (another run, options)."""
-    if append and not overwrite and isinstance(run, str | Path):
+    if append and not isinstance(run, str | Path):
+        raise ValueError("append=True needs the run's file path, not an opened Dataset.")
+    if append and not overwrite:
         check_sibling(run, kind, _options_attr(options))
 
 
@@ -351,8 +358,6 @@ def _finish(
     for dim in ("eigen_index", "ntk_eigen_index", NTK_MODE):
         if dim in result.dims:
             result = result.assign_coords({dim: np.arange(1, result.sizes[dim] + 1)})
-    if append:
-        if not isinstance(run, str | Path):
-            raise ValueError("append=True needs the run's file path, not an opened Dataset.")
+    if append:  # run is a path (_check_append)
         write_sibling(run, kind, result, overwrite=overwrite)
     return result

@@ -156,3 +156,40 @@ def test_online_metric_must_be_traceable_and_not_clash():
         train(CONFIG.replace(steps=10), metrics={"masked": masked})
     with pytest.raises(ValueError, match=r"clash with variables the trainer records"):
         train(CONFIG.replace(steps=10), metrics={"loss": grad_cosine})
+
+
+def test_metric_names_of_run_file_variables_are_refused_before_any_file_is_touched(tmp_path):
+    path = tmp_path / "run.nc"
+    config = CONFIG.replace(steps=10, checkpoint_every=5, track_every=1, output=str(path))
+    train(config)
+    before = open_run(path).load()
+    bad = {
+        "rng_key": ({"rng_key": grad_cosine}, "clash with variables the trainer records"),
+        "dim": (
+            {"w": Metric(lambda c: (), lambda c, s: (jnp.zeros(4), s), {"": ("param",)})},
+            r"dimension name\(s\) \['param'\] clash with dimensions every run file has",
+        ),
+        "class": (
+            {"w": Metric(lambda c: (), lambda c, s: (jnp.zeros(4), s), {"": ("class",)})},
+            r"metric dimension 'class' has size 4, but the run has 3 classes",
+        ),
+    }
+    for metrics, message in bad.values():
+        with pytest.raises(ValueError, match=message):
+            train(config, metrics=metrics, overwrite=True)
+    after = open_run(path).load()
+    assert after.sizes == before.sizes and after.attrs["config"] == before.attrs["config"]
+    np.testing.assert_array_equal(after["loss"], before["loss"])
+
+
+def test_online_metric_may_use_the_class_dimension(tmp_path):
+    path = tmp_path / "run.nc"
+    counter = Metric(
+        init=lambda ctx: jnp.zeros((), jnp.int32),
+        update=lambda ctx, n: ({"gamma": ctx.gamma}, n + 1),
+        dims={"gamma": ("class",)},
+    )
+    train(CONFIG.replace(steps=50, output=str(path)), metrics={"counter": counter})
+    online = open_run(path)
+    assert online["counter_gamma"].dims == ("step", "class")
+    np.testing.assert_allclose(online["counter_gamma"].sel(step=25), online["gamma"].sel(step=25))

@@ -138,6 +138,23 @@ def test_failure_marks_file_and_keeps_records(tmp_path):
     assert ds.sizes["step"] == 100 and int(ds.attrs["last_complete_step"]) == 99
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"track_every": 10}, r"track_every=10 has nothing to track: set hessian_top_k"),
+        (
+            {"hidden_widths": (1,), "hessian_top_k": 5},
+            r"hessian_top_k must be <= P/2 = 4 for online tracking \(got 5; P = 9 parameters\)",
+        ),
+    ],
+)
+def test_tracking_options_that_cannot_take_effect_are_refused(tmp_path, changes, message):
+    path = tmp_path / "run.nc"
+    with pytest.raises(ValueError, match=message):
+        train(SMALL.replace(steps=5, output=str(path), **changes))
+    assert not path.exists()
+
+
 def test_static_loss_records_unit_gamma_and_equal_losses():
     ds = train(SMALL.replace(loss="ce", steps=60))
     np.testing.assert_array_equal(ds["gamma"], 1.0)

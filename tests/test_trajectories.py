@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from analysis import hessian_trajectory, ntk_trajectory
-from analysis._trajectories import checkpoint_section
+import analysis._trajectories
+from analysis import checkpoint_section, hessian_trajectory, map_checkpoints, ntk_trajectory
 from curvature import empirical_ntk, hessian_eigh, ntk_matrix
 from training import TrainConfig, hessian_metric, open_run, restore, train
 
@@ -147,6 +147,24 @@ def test_checkpoint_section_centre(run64):
         float(section.surface.sel(a=0.0, b=0.0)), float(r.loss_fn(r.params)), rtol=1e-12
     )
     assert section.path.sizes["point"] == 4  # checkpoints 0, 100, 200 and the final 201
+
+
+def test_bad_steps_and_append_are_refused_before_computing(run64, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("computed before refusing")
+
+    monkeypatch.setattr(analysis._trajectories, "map_checkpoints", fail)
+    with pytest.raises(ValueError, match="append=True needs the run's file path"):
+        hessian_trajectory(open_run(run64), k=2, append=True)
+    with pytest.raises(ValueError, match="append=True needs the run's file path"):
+        ntk_trajectory(open_run(run64), k=2, append=True)
+    with pytest.raises(ValueError, match=r"steps must be whole step numbers \(got \[100.5\]\)"):
+        hessian_trajectory(run64, steps=[100.5], k=2)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"steps must be whole step numbers \(got \[10.7, 19.9\]"):
+        map_checkpoints(run64, lambda ctx: 1.0, name="one", steps=[10.7, 19.9])
+    # Whole numbers given as floats are steps.
+    assert map_checkpoints(run64, lambda ctx: 1.0, name="one", steps=[100.0])["step"] == 100
 
 
 def test_hessian_tol_sets_the_online_tracker_tolerance(tmp_path):

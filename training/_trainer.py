@@ -35,7 +35,18 @@ from training._metrics import (
     variables,
 )
 from training._models import Model, Params, mlp
-from training._runfile import STEP_VARIABLES, RunWriter, open_run, sibling_files
+from training._runfile import (
+    CHECKPOINT,
+    CLASS,
+    KEY_WORD,
+    OPT_PARAM,
+    PARAM,
+    STEP,
+    STEP_VARIABLES,
+    RunWriter,
+    open_run,
+    sibling_files,
+)
 
 ProgressCallback = Callable[[int, int, dict[str, float]], None]
 """``progress(steps_done, steps_total, latest)`` called after every chunk."""
@@ -259,6 +270,11 @@ def context(
 
 NamedMetrics = list[tuple[str, Metric]]
 
+#: Dimensions and variables every run file has besides the per-step records (RunWriter):
+#: metric names must differ from them, checked before any file is created.
+RUN_FILE_DIMS = {STEP, CHECKPOINT, CLASS, PARAM, OPT_PARAM, KEY_WORD}
+RUN_FILE_NAMES = {*RUN_FILE_DIMS, "checkpoint_step", "params", "opt_state", "rng_key"}
+
 
 def metric_layout(
     problem: Problem, metrics: NamedMetrics
@@ -293,7 +309,20 @@ def metric_layout(
                         f"dimension {dim!r} has size {sizes[dim]} in one metric and {size} in "
                         f"{name!r}; give the dimensions distinct names."
                     )
-    check_names(list(var_dims), {*STEP_VARIABLES, "step", "class"})
+    check_names(list(var_dims), {*STEP_VARIABLES, *RUN_FILE_NAMES})
+    num_classes = problem.data.num_classes
+    if sizes.get(CLASS, num_classes) != num_classes:
+        raise ValueError(
+            f"metric dimension 'class' has size {sizes[CLASS]}, but the run has {num_classes} "
+            "classes; name the dimension otherwise."
+        )
+    taken = sorted(set(sizes) & (RUN_FILE_DIMS - {CLASS}))
+    if taken:
+        raise ValueError(
+            f"metric dimension name(s) {taken} clash with dimensions every run file has "
+            f"({sorted(RUN_FILE_DIMS)}; 'class' may be used with one entry per class); "
+            "choose other names."
+        )
     return var_dims, sizes
 
 
@@ -557,7 +586,23 @@ def _prepare(config: TrainConfig, metrics: Mapping[str, Any]) -> _Prepared:
 
 def _compile_run(config: TrainConfig, metrics: Mapping[str, Any]) -> _Prepared:
     named = builtin_metrics(config) + [(name, as_metric(m)) for name, m in metrics.items()]
+    if config.track_every != 1 and not named:
+        raise ValueError(
+            f"track_every={config.track_every} has nothing to track: set hessian_top_k or "
+            "ntk_top_k >= 1, or pass metrics=, or leave track_every at 1."
+        )
     problem = build(config)
+    if config.hessian_top_k:
+        params = jax.eval_shape(lambda: initial_state(problem)[0])
+        p = sum(leaf.size for leaf in jax.tree.leaves(params))
+        if 2 * config.hessian_top_k > p:
+            raise ValueError(
+                f"hessian_top_k must be <= P/2 = {p // 2} for online tracking (got "
+                f"{config.hessian_top_k}; P = {p} parameters): the warm-started block tracker "
+                "needs room for a residual block beside the vectors. Track fewer, or pass "
+                f"metrics={{'hessian': training.hessian_metric(k, method='lanczos', "
+                f"num_iterations={p})}}."
+            )
     layout = metric_layout(problem, named)
     step_fn = make_step(problem, named)
 
@@ -613,7 +658,7 @@ def open_writer(
         key_words=int(np.asarray(jax.random.key_data(key)).size),
         dtype=config.dtype,
         extra_variables=extra_variables,
-        extra_dims=dim_sizes,
+        extra_dims={dim: size for dim, size in dim_sizes.items() if dim != CLASS},
         extra_attrs={"metrics": json.dumps([name for name, _ in metrics])},
     )
 
