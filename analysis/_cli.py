@@ -93,18 +93,30 @@ def _field_parser(field: dataclasses.Field) -> tuple[Callable[[str], object], di
     return convert, {}
 
 
+DEFAULT_OUTPUT = "runs/run.nc"
+"""Where ``dynloss train`` writes when neither ``--output`` nor the ``--config`` file names a
+path (``TrainConfig().output`` is None: in Python, ``train`` then writes no file)."""
+
+
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("configuration (TrainConfig fields; 'none' for None)")
     defaults = TrainConfig()
     for field in dataclasses.fields(TrainConfig):
         convert, extra = _field_parser(field)
         default = getattr(defaults, field.name)
+        if field.name == "output":
+            help_text = (
+                f"run file to write (default: the --config file's output, else "
+                f"{DEFAULT_OUTPUT}; 'none' is refused)"
+            )
+        else:
+            help_text = f"default: {default!r}"
         group.add_argument(
             f"--{field.name.replace('_', '-')}",
             dest=field.name,
             type=convert,
             default=argparse.SUPPRESS,
-            help=f"default: {default!r}",
+            help=help_text,
             **extra,
         )
 
@@ -122,9 +134,14 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    if hasattr(args, "output") and args.output is None:
+        raise ValueError(
+            "--output must be a file path (got 'none'): dynloss train always writes its run "
+            f"file; leave --output out to write {DEFAULT_OUTPUT}."
+        )
     config = _config_from_args(args)
     if config.output is None:
-        config = config.replace(output="runs/run.nc")
+        config = config.replace(output=DEFAULT_OUTPUT)
     ds = _run_training(config, overwrite=args.overwrite, quiet=args.quiet)
     print(f"status: {ds.attrs['status']} (last complete step {ds.attrs['last_complete_step']})")
     print(f"wrote {config.output}")
@@ -145,8 +162,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
         f"status          {ds.attrs['status']}"
         + (f" ({ds.attrs['error']})" if "error" in ds.attrs else "")
     )
+    # Trained steps only: merged post-hoc siblings may add steps (the final checkpoint's).
+    with open_run(args.run, siblings=False) as own:
+        recorded = own.sizes.get("step", 0)
     print(
-        f"steps recorded  {ds.sizes.get('step', 0)} of {config.steps} "
+        f"steps recorded  {recorded} of {config.steps} "
         f"(last complete step {ds.attrs['last_complete_step']})"
     )
     print(
@@ -296,12 +316,14 @@ def parse_steps(tokens: Sequence[str] | None, saved: np.ndarray) -> list[int] | 
     return sorted(set(chosen))
 
 
-def _add_overwrite_option(parser: argparse.ArgumentParser) -> None:
+def _add_overwrite_option(parser: argparse.ArgumentParser, target: str) -> None:
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace earlier results of another shape or options (default: merge results "
-        "of the same shape and options, steps computed again replaced, and refuse the rest)",
+        help=f"replace {target} as a whole: every earlier step in it is discarded, "
+        "whatever its shape or options, and only the steps computed now are kept (default: "
+        "merge into results of the same shape and options, steps computed again replaced, "
+        "the others kept; refuse results of another shape or options)",
     )
 
 
@@ -713,7 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--name", default=None, help="variable name (default: the function's)")
     mp.add_argument("--batch", type=int, default=None, help="checkpoints per vmapped batch")
     mp.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_overwrite_option(mp)
+    _add_overwrite_option(mp, "RUN.<name>.nc")
     mp.set_defaults(func=_cmd_map)
 
     steps_help = "checkpoint steps: integers or start:stop[:stride] (default: all)"
@@ -739,7 +761,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hs.add_argument("--no-projection", action="store_true", help="skip the gradient projection")
     hs.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_overwrite_option(hs)
+    _add_overwrite_option(hs, "RUN.hessian.nc")
     hs.set_defaults(func=_cmd_hessian)
 
     nk = sub.add_parser(
@@ -767,7 +789,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="use N training samples evenly spaced through the training set",
     )
     nk.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_overwrite_option(nk)
+    _add_overwrite_option(nk, "RUN.ntk.nc")
     nk.set_defaults(func=_cmd_ntk)
 
     dt = sub.add_parser(

@@ -256,3 +256,37 @@ def test_diverged_run_info_bad_file_and_unused_tolerance(capsys, tmp_path):
     junk.write_text("not netCDF")
     assert main(["info", str(junk)]) == 2
     assert "is not a readable netCDF run file" in capsys.readouterr().err
+
+
+def test_train_output_default_is_shown_and_none_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "run file to write (default: the --config file's output, else runs/run.nc" in help_text
+    assert main(["train", "--steps", "10", "--quiet", "--output", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "--output must be a file path (got 'none')" in err and "runs/run.nc" in err
+    assert not (tmp_path / "runs").exists()
+    assert main(["train", "--hidden-widths", "4", "--steps", "10", "--quiet"]) == 0
+    assert "wrote runs/run.nc" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "run.nc").is_file()
+
+
+def test_train_config_path_with_an_equals_sign(tmp_path, capsys):
+    toml = tmp_path / "lr=0.5.toml"
+    toml.write_text(TrainConfig(hidden_widths=(4,), steps=10, learning_rate=0.5).to_toml())
+    out = tmp_path / "lr=0.5.nc"
+    assert main(["train", "--config", str(toml), "--quiet", "--output", str(out)]) == 0
+    assert TrainConfig.from_json(open_run(out).attrs["config"]).learning_rate == 0.5
+
+
+def test_info_counts_trained_steps_only(tmp_path, capsys):
+    from analysis import hessian_trajectory
+
+    run = tmp_path / "r.nc"
+    train(TrainConfig(hidden_widths=(4,), steps=20, checkpoint_every=10, output=str(run)))
+    hessian_trajectory(run, k=1, append=True)  # checkpoints 0, 10 and the final 20
+    assert open_run(run).sizes["step"] == 21  # the sibling's step 20 is merged
+    assert main(["info", str(run)]) == 0
+    assert "steps recorded  20 of 20" in capsys.readouterr().out

@@ -1,5 +1,8 @@
 """TrainConfig defaults, serialisation and validation."""
 
+import json
+
+import numpy as np
 import pytest
 
 from training import TrainConfig
@@ -62,6 +65,16 @@ def test_frozen():
         ({"hessian_top_k": 3, "hessian_tol": 0.0}, r"hessian_tol must be in \(0, 1\) or None"),
         ({"hessian_top_k": 3, "hessian_tol": 1.0}, r"hessian_tol must be in \(0, 1\) or None"),
         ({"hessian_tol": 1e-2}, "hessian_tol needs hessian_top_k >= 1"),
+        ({"noise": float("inf")}, r"noise must be a finite number >= 0 \(got inf\)"),
+        ({"noise": float("nan")}, r"noise must be a finite number >= 0 \(got nan\)"),
+        ({"w_std": float("inf")}, r"w_std must be a finite number > 0 \(got inf\)"),
+        ({"b_std": float("inf")}, r"b_std must be a finite number >= 0 or None \(got inf\)"),
+        ({"b_std": "0.1"}, r"b_std must be a number or None \(got '0.1'\)"),
+        ({"hessian_top_k": 3, "hessian_tol": "x"}, r"hessian_tol must be a number or None"),
+        ({"seed": 1.5}, r"seed must be an integer >= 0 \(got 1.5\)"),
+        ({"seed": np.int64(-1)}, r"seed must be an integer >= 0 \(got -1\)"),
+        ({"amplitude": True}, r"amplitude must be a number \(got True\)"),
+        ({"hidden_widths": 3.0}, r"hidden_widths must be a non-empty list of integers >= 1"),
     ],
 )
 def test_bad_input(fields, message):
@@ -72,3 +85,40 @@ def test_bad_input(fields, message):
 def test_unknown_field():
     with pytest.raises(ValueError, match=r"unknown TrainConfig field\(s\) \['widths'\]"):
         TrainConfig.from_dict({"widths": [10]})
+
+
+def test_numpy_scalars_are_accepted_as_python_numbers():
+    c = TrainConfig(
+        seed=np.int64(3),
+        steps=np.int32(10),
+        stop_after=np.int64(5),
+        hidden_widths=np.array([4, 6]),
+        amplitude=np.float32(2),
+        b_std=np.float64(0.5),
+        hessian_top_k=np.int64(2),
+        hessian_tol=np.float32(0.5),
+        projection=np.bool_(True),
+    )
+    assert (c.seed, c.steps, c.stop_after, c.hidden_widths) == (3, 10, 5, (4, 6))
+    assert (c.amplitude, c.b_std, c.hessian_tol, c.projection) == (2.0, 0.5, 0.5, True)
+    assert type(c.seed) is int and type(c.hidden_widths[0]) is int
+    assert type(c.amplitude) is float and type(c.projection) is bool
+    assert TrainConfig.from_json(c.to_json()) == c  # JSON and TOML take Python numbers only
+    assert TrainConfig.from_toml(c.to_toml()) == c
+    assert json.loads(c.to_json())["seed"] == 3
+    assert TrainConfig.from_dict({"hidden_widths": np.int64(7)}).hidden_widths == (7,)
+
+
+def test_toml_paths_with_an_equals_sign_are_files(tmp_path):
+    path = tmp_path / "lr=0.5.toml"  # a sweep's file name
+    path.write_text("learning_rate = 0.5\nsteps = 10\n")
+    expected = TrainConfig(learning_rate=0.5, steps=10)
+    assert TrainConfig.from_toml(path) == expected
+    assert TrainConfig.from_toml(str(path)) == expected
+    assert TrainConfig.from_toml("steps = 10") == TrainConfig(steps=10)  # one line of text
+    with pytest.raises(FileNotFoundError, match=r"TOML config file '.*missing.toml' does not"):
+        TrainConfig.from_toml(str(tmp_path / "missing.toml"))
+    with pytest.raises(FileNotFoundError):
+        TrainConfig.from_toml(tmp_path / "missing=1.toml")
+    with pytest.raises(ValueError, match="the TOML config text is not valid TOML"):
+        TrainConfig.from_toml("steps = 10\nnot toml\n")

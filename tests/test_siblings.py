@@ -35,7 +35,7 @@ def test_a_neighbour_run_is_neither_merged_nor_deleted(runs):
     assert np.isfinite(merged["loss_value"].sel(step=20))
     merged.close()
     # A config error must not delete anything; a real overwrite deletes this run's results only.
-    with pytest.raises(ValueError, match=r"metric 'hessian' cannot run on this model: k must"):
+    with pytest.raises(ValueError, match=r"hessian_top_k must be <= P/2 = 13 for online"):
         train(TINY.replace(output=str(first), hessian_top_k=1000), overwrite=True)
     assert sibling_path(first, "loss_value").exists() and second.exists()
     train(TINY.replace(output=str(first)), overwrite=True)
@@ -183,3 +183,41 @@ def test_results_without_recorded_options_still_merge(runs):
     with xr.open_dataset(target) as ds:
         np.testing.assert_array_equal(ds["step"], [0, 20])
         assert '"num_iterations": 20' in ds.attrs["options"]
+
+
+def test_run_names_with_glob_characters(tmp_path):
+    run = tmp_path / "run[1].nc"
+    train(TINY.replace(steps=20, checkpoint_every=10, output=str(run)))
+    map_checkpoints(run, loss_value, steps=[0, 10], append=True)
+    assert sibling_files(run) == [tmp_path / "run[1].loss_value.nc"]
+    with open_run(run) as ds:
+        assert np.isfinite(ds["loss_value"].sel(step=10))
+
+
+def test_runs_without_an_extension_name_their_results_by_kind(tmp_path):
+    import shutil
+
+    run = tmp_path / "myrun"
+    train(TINY.replace(steps=20, checkpoint_every=10, hessian_top_k=1, output=str(run)))
+    hessian_trajectory(run, steps=[0], k=1, append=True)
+    assert sibling_files(run) == [tmp_path / "myrun.hessian"]
+    with open_run(run) as ds:  # tracked online and post hoc: the post-hoc one named by kind
+        assert "hessian_eigenvalues" in ds and "hessian_eigenvalues_hessian" in ds
+    backup = tmp_path / "myrun.backup"  # stem "myrun", suffix ".backup"
+    shutil.copy(run, backup)
+    hessian_trajectory(backup, steps=[10], k=1, append=True)
+    assert sibling_files(backup) == [tmp_path / "myrun.hessian.backup"]
+    assert sibling_files(run) == [tmp_path / "myrun.hessian"]  # not the backup's
+
+
+def test_overwrite_discards_every_earlier_step_as_its_help_says(runs, capsys):
+    first, _ = runs
+    hessian_trajectory(first, steps=[0, 20, 40], k=2, append=True)
+    with pytest.raises(SystemExit):
+        main(["hessian", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "replace RUN.hessian.nc as a whole: every earlier step in it is discarded" in help_text
+    command = ["hessian", str(first), "--steps", "0", "--k", "2", "--overwrite", "--quiet"]
+    assert main(command) == 0  # the same shape and options
+    with xr.open_dataset(sibling_path(first, "hessian")) as ds:
+        np.testing.assert_array_equal(ds["step"], [0])

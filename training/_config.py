@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import tomllib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tomli_w
 
 from schedules import LOSSES, SHAPES
@@ -18,6 +20,34 @@ DATASETS = ("spiral",)
 MODELS = ("mlp",)
 OPTIMIZERS = ("gd", "momentum", "nesterov")
 DTYPES = ("float32", "float64")
+FLOAT_FIELDS = (
+    "noise",
+    "w_std",
+    "b_std",
+    "amplitude",
+    "period",
+    "learning_rate",
+    "momentum",
+    "hessian_tol",
+)
+INTEGER_FIELDS = (
+    "points_per_class",
+    "num_classes",
+    "data_seed",
+    "stop_after",
+    "steps",
+    "batch_size",
+    "seed",
+    "checkpoint_every",
+    "eval_every",
+    "chunk_steps",
+    "track_every",
+    "hessian_top_k",
+    "ntk_top_k",
+)
+OPTIONAL_FIELDS = ("b_std", "hessian_tol", "stop_after", "batch_size")
+"""Number fields: any real (integer) number is accepted, NumPy scalars included, and stored as
+a Python float (int) so the config serialises to JSON and TOML. Optional ones may be None."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,16 +110,35 @@ class TrainConfig:
     ntk_top_k: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.hidden_widths, int):
-            object.__setattr__(self, "hidden_widths", (self.hidden_widths,))
-        object.__setattr__(self, "hidden_widths", tuple(self.hidden_widths))
+        widths = self.hidden_widths
+        if _is_integer(widths):
+            widths = (widths,)
+        try:
+            widths = tuple(widths)
+        except TypeError:
+            raise ValueError(
+                f"hidden_widths must be a non-empty list of integers >= 1 (got {widths!r})."
+            ) from None
+        # NumPy integers (a sweep's grid values) become Python ints, so the config serialises.
+        widths = tuple(int(w) if _is_integer(w) else w for w in widths)
+        object.__setattr__(self, "hidden_widths", widths)
         if self.output is not None:
             object.__setattr__(self, "output", str(self.output))
-        for name in ("amplitude", "period", "noise", "w_std", "learning_rate", "momentum"):
+        for name in FLOAT_FIELDS:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"{name} must be a number (got {value!r}).")
+            optional = name in OPTIONAL_FIELDS
+            if optional and value is None:
+                continue
+            if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+                suffix = " or None" if optional else ""
+                raise ValueError(f"{name} must be a number{suffix} (got {value!r}).")
             object.__setattr__(self, name, float(value))
+        for name in INTEGER_FIELDS:
+            value = getattr(self, name)
+            if _is_integer(value):
+                object.__setattr__(self, name, int(value))
+        if isinstance(self.projection, np.bool_):
+            object.__setattr__(self, "projection", bool(self.projection))
         _validate(self)
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -111,11 +160,7 @@ class TrainConfig:
             raise ValueError(
                 f"unknown TrainConfig field(s) {unknown}; known fields are {sorted(known)}."
             )
-        values = dict(fields)
-        if "hidden_widths" in values and values["hidden_widths"] is not None:
-            hw = values["hidden_widths"]
-            values["hidden_widths"] = (hw,) if isinstance(hw, int) else tuple(hw)
-        return cls(**values)
+        return cls(**fields)  # hidden_widths: a list or a single integer, as in __init__
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -130,15 +175,35 @@ class TrainConfig:
 
     @classmethod
     def from_toml(cls, source: str | Path) -> TrainConfig:
-        """Read a TOML file (path) or TOML text; missing fields take their defaults."""
-        text = Path(source).read_text() if _looks_like_path(source) else str(source)
-        return cls.from_dict(tomllib.loads(text))
+        """Read a TOML file or TOML text; missing fields take their defaults.
+
+        A ``pathlib.Path``, or a string naming an existing file, is read as a file (so
+        ``runs/lr=0.5.toml`` is a path); any other string is parsed as TOML text.
+        """
+        if isinstance(source, Path) or _is_file(source):
+            return cls.from_dict(tomllib.loads(Path(source).read_text()))
+        text = str(source)
+        try:
+            fields = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            if "\n" not in text.strip():  # one line that is not TOML: meant as a file name
+                raise FileNotFoundError(
+                    f"TOML config file {text!r} does not exist (nor is it TOML text: {error})."
+                ) from None
+            raise ValueError(f"the TOML config text is not valid TOML: {error}.") from error
+        return cls.from_dict(fields)
 
 
-def _looks_like_path(source: str | Path) -> bool:
-    if isinstance(source, Path):
-        return True
-    return "\n" not in source and "=" not in source
+def _is_file(source: str) -> bool:
+    try:
+        return Path(source).is_file()
+    except (OSError, ValueError):  # too long for a file name, or a NUL character: text
+        return False
+
+
+def _is_integer(value: Any) -> bool:
+    """An integer, Python or NumPy, but not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
 
 
 def _choice(config: TrainConfig, name: str, allowed: tuple[str, ...]) -> None:
@@ -184,9 +249,7 @@ def _validate(c: TrainConfig) -> None:
             "tracked Hessian eigenvectors."
         )
     if c.hessian_tol is not None:
-        if isinstance(c.hessian_tol, bool) or not (
-            isinstance(c.hessian_tol, int | float) and 0 < c.hessian_tol < 1
-        ):
+        if not 0 < c.hessian_tol < 1:
             raise ValueError(
                 f"hessian_tol must be in (0, 1) or None for the tracker's default (got "
                 f"{c.hessian_tol!r})."
@@ -219,12 +282,12 @@ def _validate(c: TrainConfig) -> None:
         raise ValueError(f"learning_rate must be > 0 (got {c.learning_rate!r}).")
     if not 0 <= c.momentum < 1:
         raise ValueError(f"momentum must be in [0, 1) (got {c.momentum!r}).")
-    if not c.noise >= 0:
-        raise ValueError(f"noise must be >= 0 (got {c.noise!r}).")
-    if not c.w_std > 0:
-        raise ValueError(f"w_std must be > 0 (got {c.w_std!r}).")
-    if c.b_std is not None and not c.b_std >= 0:
-        raise ValueError(f"b_std must be >= 0 or None (got {c.b_std!r}).")
+    if not (math.isfinite(c.noise) and c.noise >= 0):
+        raise ValueError(f"noise must be a finite number >= 0 (got {c.noise!r}).")
+    if not (math.isfinite(c.w_std) and c.w_std > 0):
+        raise ValueError(f"w_std must be a finite number > 0 (got {c.w_std!r}).")
+    if c.b_std is not None and not (math.isfinite(c.b_std) and c.b_std >= 0):
+        raise ValueError(f"b_std must be a finite number >= 0 or None (got {c.b_std!r}).")
     num_train = c.points_per_class * c.num_classes
     if c.batch_size is not None and c.batch_size > num_train:
         raise ValueError(

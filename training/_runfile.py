@@ -224,7 +224,7 @@ def open_run(path: str | Path, *, siblings: bool = True) -> xr.Dataset:
                 extra.close()
                 continue
             handles.append(extra)
-            kind = sibling.name[len(path.stem) + 1 : -len(path.suffix)]
+            kind = _sibling_kind(path, sibling)
             clash = {v: f"{v}_{kind}" for v in extra.data_vars if v in ds.data_vars}
             ds = xr.merge([ds, extra.rename(clash)], join="outer", combine_attrs="override")
         if len(handles) > 1:  # closing the merged Dataset closes every file it reads from
@@ -263,9 +263,10 @@ def sibling_files(path: str | Path, run_attrs: Mapping[str, Any] | None = None) 
         with xr.open_dataset(path) as ds:
             run_attrs = dict(ds.attrs)
     found = []
-    for candidate in sorted(path.parent.glob(f"{path.stem}.*{path.suffix}")):
-        kind = candidate.name[len(path.stem) + 1 : -len(path.suffix)]
-        if candidate == path or "." in kind:  # RUN.backup.hessian.nc is RUN.backup's
+    folder = path.parent
+    # A listing, not a glob: run names may hold glob characters ("run[1].nc").
+    for candidate in sorted(folder.iterdir() if folder.is_dir() else ()):
+        if candidate == path or _sibling_kind(path, candidate) is None:
             continue
         try:
             with xr.open_dataset(candidate) as extra:
@@ -275,6 +276,20 @@ def sibling_files(path: str | Path, run_attrs: Mapping[str, Any] | None = None) 
         if _is_sibling_of(attrs, str(run_attrs.get("config", ""))):
             found.append(candidate)
     return found
+
+
+def _sibling_kind(run: Path, candidate: Path) -> str | None:
+    """``kind`` when ``candidate`` is named ``RUN.<kind><suffix>`` for the run at ``run``.
+
+    ``None`` otherwise, and for kinds with a dot: ``RUN.backup.hessian.nc`` is
+    ``RUN.backup.nc``'s. Works for runs without an extension (``runs/myrun`` ->
+    ``runs/myrun.hessian``), where the suffix is empty.
+    """
+    name, prefix, suffix = candidate.name, f"{run.stem}.", run.suffix
+    if not (name.startswith(prefix) and name.endswith(suffix)):
+        return None
+    kind = name[len(prefix) : len(name) - len(suffix)]
+    return kind if kind and "." not in kind else None
 
 
 READ_ATTEMPTS = 5
@@ -311,16 +326,17 @@ def _config_attr(run_path: Path) -> str:
 def write_sibling(
     run_path: str | Path, kind: str, result: xr.Dataset, *, overwrite: bool = False
 ) -> Path:
-    """Write a post-hoc result next to its run as ``RUN.<kind>.nc``, never losing earlier ones.
+    """Write a post-hoc result next to its run as ``RUN.<kind>.nc``, merged with earlier ones.
 
     The result is stamped with the run's configuration (``source_config``), which ties it to
     the run. Where ``RUN.<kind>.nc`` already holds per-step results of the same run, shape
     (variables, dimensions and sizes apart from ``step``) and options (the ``options``
     attribute, e.g. ``k`` or an NTK ``subset``), the two are merged: steps computed again are
     replaced, the others kept. Anything else (another ``k``, other options, another run's
-    file) is refused with ``FileExistsError`` unless ``overwrite``. Results without a ``step``
-    dimension (detected onsets) replace the earlier ones. The file is written under a
-    temporary name, then renamed atomically.
+    file) is refused with ``FileExistsError`` unless ``overwrite``, which replaces the file as
+    a whole: every earlier step in it is discarded, also where shape and options match.
+    Results without a ``step`` dimension (detected onsets) replace the earlier ones. The file
+    is written under a temporary name, then renamed atomically.
     """
     run_path = Path(run_path)
     target = sibling_path(run_path, kind)
