@@ -9,8 +9,15 @@ two give identical datasets.
 
 Restarting: with ``output`` (or ``run_files``) given, every finished batch is written to
 ``OUTPUT.parts/`` (``RUN_FILES/sweep.parts/``); a re-run of the same sweep skips the batches whose
-part file exists and merges everything at the end. The part folder is removed once the merged
-dataset is written.
+part file exists and merges everything at the end. A part's name hashes its runs' configurations
+and every option that changes its content (``summary_every``, ``lanes``, whether run files are
+written), so a re-run with other options recomputes instead of mixing. The part folder is
+removed once the merged dataset is written.
+
+Run files: a run's file that already holds that run, finished (same configuration, status
+``complete`` or ``diverged``), is kept as it is; one left ``running`` or ``failed`` by an
+interrupted batch of the same run is written again; any other existing file is refused with
+``FileExistsError`` (checked for every run before anything runs) unless ``overwrite=True``.
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ from training._batched import (
 )
 from training._runfile import STEP_VARIABLES, package_version
 
+KEPT_STATUSES = ("complete", "diverged")
+"""Run-file statuses of a finished run: a sweep keeps such a file of the same run as it is."""
+
 SUMMARY_STEP = "summary_step"
 WIDTH = "width"
 SEED = "seed"
@@ -64,7 +74,7 @@ class _Batch(NamedTuple):
     index: int
     runs: list[int]  # flat indices into the grid
     configs: list[TrainConfig]
-    run_files: list[str] | None
+    run_files: list[Path | None] | None  # None entries: the run's file is kept as it is
     name: str
 
 
@@ -120,6 +130,29 @@ def check_grid(base: TrainConfig, grid: Mapping[str, Any]) -> dict[str, list]:
     return out
 
 
+def _check_stop_last_period(
+    base: TrainConfig, grid: Mapping[str, list], stop_last_period: Any
+) -> bool:
+    if not isinstance(stop_last_period, bool | np.bool_):
+        raise ValueError(
+            f"stop_last_period must be True or False (got {stop_last_period!r}); in a grid "
+            "file write stop_last_period = true or false, without quotes."
+        )
+    if stop_last_period and "stop_after" in grid:
+        raise ValueError(
+            "stop_last_period=True sets every run's stop_after to steps - period, which would "
+            f"replace the grid's stop_after values {grid['stop_after']}; drop the grid key "
+            "'stop_after' or set stop_last_period=False."
+        )
+    if stop_last_period and base.stop_after is not None:
+        raise ValueError(
+            "stop_last_period=True sets every run's stop_after to steps - period, which would "
+            f"replace the base config's stop_after={base.stop_after}; set base stop_after=None "
+            "or stop_last_period=False."
+        )
+    return bool(stop_last_period)
+
+
 def _config(base: TrainConfig, combo: dict[str, Any], stop_last_period: bool) -> TrainConfig:
     changes = {k: v for k, v in combo.items() if k != WIDTH}
     if WIDTH in combo:
@@ -134,8 +167,13 @@ def _config(base: TrainConfig, combo: dict[str, Any], stop_last_period: bool) ->
 def expand(
     base: TrainConfig, grid: Mapping[str, Any], *, stop_last_period: bool = False
 ) -> list[TrainConfig]:
-    """Every combination of ``grid`` applied to ``base``, in C order of the grid's keys."""
+    """Every combination of ``grid`` applied to ``base``, in C order of the grid's keys.
+
+    ``stop_last_period=True`` sets each run's ``stop_after`` to ``steps − period``; it cannot be
+    combined with a ``stop_after`` grid key or a base ``stop_after`` (it would replace them).
+    """
     grid = check_grid(base, grid)
+    stop_last_period = _check_stop_last_period(base, grid, stop_last_period)
     keys = list(grid)
     return [
         _config(base, dict(zip(keys, combo, strict=True)), stop_last_period)
@@ -147,10 +185,65 @@ def _run_name(grid: dict[str, list], combo: tuple) -> str:
     return "_".join(f"{k}={v}" for k, v in zip(grid, combo, strict=True)) + ".nc"
 
 
+def run_file_paths(grid: Mapping[str, list], folder: str | Path) -> list[Path]:
+    """The run file of every combination of a checked ``grid`` (see :func:`check_grid`) in
+    ``folder``, in the order of :func:`expand`: ``key=value_key=value....nc``."""
+    folder = Path(folder)
+    return [folder / _run_name(dict(grid), combo) for combo in itertools.product(*grid.values())]
+
+
+def run_file_state(path: Path, config: TrainConfig) -> str:
+    """What the file at ``path`` holds for the run ``config`` of a sweep.
+
+    ``"absent"``; ``"kept"`` (this run, finished: same configuration apart from ``output``,
+    status in :data:`KEPT_STATUSES`); ``"partial"`` (this run, left ``running`` or ``failed`` by
+    an interrupted batch); ``"other"`` (another run, or not a readable run file).
+    """
+    if not path.exists():
+        return "absent"
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"run file {str(path)!r} is a directory; move it away or choose another run_files "
+            "folder."
+        )
+    try:
+        with xr.open_dataset(path) as ds:
+            attrs = dict(ds.attrs)
+        stored = TrainConfig.from_json(str(attrs["config"]))
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError):
+        return "other"
+    if "format_version" not in attrs or stored.replace(output=None) != config.replace(output=None):
+        return "other"
+    return "kept" if attrs.get("status") in KEPT_STATUSES else "partial"
+
+
+def _check_run_files(paths: list[Path], configs: list[TrainConfig], overwrite: bool) -> list[str]:
+    """The state of every run file (see :func:`run_file_state`); refuses others' files now."""
+    states = [run_file_state(p, c) for p, c in zip(paths, configs, strict=True)]
+    others = [str(p) for p, state in zip(paths, states, strict=True) if state == "other"]
+    if others and not overwrite:
+        more = f" (and {len(others) - 1} more)" if len(others) > 1 else ""
+        raise FileExistsError(
+            f"run file {others[0]!r}{more} already exists and does not hold this sweep's run "
+            "(another configuration, or not a run file); nothing was written. Choose another "
+            "run_files folder, or pass overwrite=True (--overwrite on the command line) to "
+            "replace it."
+        )
+    return states
+
+
 def plan_batches(
-    configs: list[TrainConfig], batch_size: int, run_files: list[str] | None = None
+    configs: list[TrainConfig],
+    batch_size: int,
+    run_files: list[Path | None] | None = None,
+    *,
+    options: Mapping[str, Any] | None = None,
 ) -> list[_Batch]:
-    """Group runs by shape (first appearance order) and cut each group into batches."""
+    """Group runs by shape (first appearance order) and cut each group into batches.
+
+    A batch's name (its part file) hashes its configurations and ``options``: everything else
+    that changes the part's content (summary interval, lanes, run files on or off).
+    """
     groups: dict[TrainConfig, list[int]] = {}
     for i, c in enumerate(configs):
         groups.setdefault(shape_key(c), []).append(i)
@@ -159,7 +252,10 @@ def plan_batches(
         for lo in range(0, len(members), batch_size):
             runs = members[lo : lo + batch_size]
             chosen = [configs[i] for i in runs]
-            text = json.dumps([c.to_dict() for c in chosen], sort_keys=True)
+            text = json.dumps(
+                {"configs": [c.to_dict() for c in chosen], "options": dict(options or {})},
+                sort_keys=True,
+            )
             digest = hashlib.sha1(text.encode()).hexdigest()[:12]
             batches.append(
                 _Batch(
@@ -185,13 +281,19 @@ def _part_dataset(result: BatchResult, runs: list[int]) -> xr.Dataset:
 def _run_batch(
     configs_json: list[str],
     summary_every: int,
-    run_files: list[str] | None,
+    run_files: list[str | None] | None,
     lanes: int,
     runs: list[int],
 ) -> xr.Dataset:
-    """One batch, as a small Dataset on a ``run`` dim (the unit a dask task returns)."""
+    """One batch, as a small Dataset on a ``run`` dim (the unit a dask task returns).
+
+    The run files were checked by :func:`sweep` (absent, partial of the same run, or replaced
+    with overwrite), hence ``overwrite=True``.
+    """
     configs = [TrainConfig.from_json(text) for text in configs_json]
-    result = train_batch(configs, summary_every=summary_every, run_files=run_files, lanes=lanes)
+    result = train_batch(
+        configs, summary_every=summary_every, run_files=run_files, overwrite=True, lanes=lanes
+    )
     return _part_dataset(result, runs)
 
 
@@ -229,6 +331,7 @@ def sweep(
     *,
     output: str | Path | None = None,
     run_files: str | Path | None = None,
+    overwrite: bool = False,
     summary_every: int | None = None,
     scheduler: str | None = None,
     workers: int | None = None,
@@ -246,9 +349,16 @@ def sweep(
         for ``hidden_widths=(w,)``. Each key becomes a dimension with the values as given.
       output: write the Dataset there (netCDF); finished batches go to ``OUTPUT.parts/`` so an
         interrupted sweep re-run with the same arguments skips them. An existing ``output``
-        of the same sweep (same base config, grid and summary interval) is returned as it is.
+        of the same sweep (same base config, grid, summary interval and stop_last_period) is
+        returned as it is (after writing the requested run files that are missing); one of
+        another sweep is refused unless ``overwrite``.
       run_files: a folder; each run's full run file (the format of ``training.train``) is
-        written there as ``key=value_....nc``.
+        written there as ``key=value_....nc``. A file that already holds that run, finished,
+        is kept; one left unfinished by an interrupted sweep is written again; any other
+        existing file is refused (``FileExistsError``, before anything runs) unless
+        ``overwrite``.
+      overwrite: replace existing run files that hold other runs (deleting their post-hoc
+        siblings, as ``training.train`` does) and an ``output`` holding another sweep.
       summary_every: interval of the per-step summaries (a multiple of ``eval_every``; default
         about 100 summary steps per run).
       scheduler: address of a ``dask.distributed`` scheduler (``"tcp://host:8786"``): one task
@@ -260,7 +370,8 @@ def sweep(
       lanes: runs advanced in lockstep by ``jax.vmap`` within a batch (default
         ``training._batched.DEFAULT_LANES``, measured fastest).
       stop_last_period: set each run's ``stop_after`` to ``steps − period`` (the papers'
-        protocol: the last period without oscillation).
+        protocol: the last period without oscillation); True or False, and not together with
+        a ``stop_after`` grid key or base value.
       progress: True for a rich progress bar over runs with ETA, or a callback
         ``progress(runs_done, runs_total)``.
       command: recorded in the ``command`` attr (default: this process's command line).
@@ -280,6 +391,8 @@ def sweep(
             f"base_config.output must be None in a sweep (got {base_config.output!r}); give "
             "run_files=DIR for per-run files and output=PATH for the sweep's dataset."
         )
+    if not isinstance(overwrite, bool):
+        raise ValueError(f"overwrite must be True or False (got {overwrite!r}).")
     _int("batch_size", batch_size, 1)
     _int("workers", workers, 1, optional=True)
     lanes = DEFAULT_LANES if lanes is None else lanes
@@ -293,18 +406,22 @@ def sweep(
             f"scheduler must be an address string like 'tcp://host:8786' (got {scheduler!r})."
         )
     configs = expand(base_config, grid, stop_last_period=stop_last_period)
+    stop_last_period = bool(stop_last_period)
     if summary_every is None:
         summary_every = default_summary_every(configs[0])
     for c in configs:  # every batch is valid before anything runs
         check_batch([c], summary_every, lanes)
     shape = tuple(len(v) for v in grid.values())
-    names = None
+    names: list[Path | None] | None = None
     if run_files is not None:
         folder = Path(run_files)
-        folder.mkdir(parents=True, exist_ok=True)
-        names = [
-            str(folder / _run_name(grid, combo)) for combo in itertools.product(*grid.values())
-        ]
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(
+                f"run_files {str(folder)!r} is a file; give a folder for the runs' files."
+            )
+        paths = run_file_paths(grid, folder)
+        states = _check_run_files(paths, configs, overwrite)  # before anything is written
+        names = [None if s == "kept" else p for p, s in zip(paths, states, strict=True)]
     attrs = {
         "title": "dynloss sweep",
         "base_config": base_config.to_json(),
@@ -316,36 +433,31 @@ def sweep(
         "lanes": np.int64(lanes),
         "dynloss_version": package_version(),
     }
+    options = {"summary_every": summary_every, "lanes": lanes, "run_files": names is not None}
+    batches = plan_batches(configs, batch_size, names, options=options)
     out_path = None if output is None else Path(output)
-    if out_path is not None and out_path.exists():
-        existing = _load_part(out_path)
-        same = all(
-            str(existing.attrs.get(k)) == str(attrs[k])
-            for k in ("base_config", "grid", "summary_every", "stop_last_period")
-        )
-        if same:
-            return existing
-        if not same:
-            raise FileExistsError(
-                f"output {str(out_path)!r} exists and holds a different sweep (base config, "
-                "grid or summary_every differ); choose another path or delete it."
-            )
-    parts_dir = None
-    if out_path is not None:
-        parts_dir = out_path.with_name(out_path.name + ".parts")
-    elif run_files is not None:
-        parts_dir = Path(run_files) / "sweep.parts"
-    batches = plan_batches(configs, batch_size, names)
+    existing = None if out_path is None else _existing_output(out_path, attrs, overwrite)
 
     callback, close = None, None
     if progress is True:
         callback, close = _progress_bar(len(configs))
     elif callable(progress):
         callback = progress
+    if existing is not None:  # the same sweep: kept as it is, missing run files are written
+        todo = [b for b in batches if _writes_files(b)]
+        try:
+            _execute(todo, summary_every, lanes, None, scheduler, workers, callback)
+        finally:
+            if close is not None:
+                close()
+        return existing
+    parts_dir = None
+    if out_path is not None:
+        parts_dir = out_path.with_name(out_path.name + ".parts")
+    elif run_files is not None:
+        parts_dir = Path(run_files) / "sweep.parts"
     try:
-        parts = _execute(
-            batches, summary_every, lanes, parts_dir, scheduler, workers, callback, len(configs)
-        )
+        parts = _execute(batches, summary_every, lanes, parts_dir, scheduler, workers, callback)
     finally:
         if close is not None:
             close()
@@ -356,6 +468,40 @@ def sweep(
     if parts_dir is not None and parts_dir.exists():
         shutil.rmtree(parts_dir)
     return ds
+
+
+SAME_SWEEP_ATTRS = ("base_config", "grid", "summary_every", "stop_last_period")
+"""Attributes that make an existing ``output`` the same sweep (returned as it is)."""
+
+
+def _existing_output(path: Path, attrs: dict[str, Any], overwrite: bool) -> xr.Dataset | None:
+    """The dataset at ``path`` if it holds this sweep; None if absent (or replaced, with
+    ``overwrite``); ``FileExistsError`` if it holds something else."""
+    if not path.exists():
+        return None
+    if path.is_dir():
+        raise IsADirectoryError(f"output {str(path)!r} is a directory; give a file path.")
+    try:
+        existing = _load_part(path)
+    except (OSError, ValueError, RuntimeError):
+        existing = None
+    if existing is not None and all(
+        str(existing.attrs.get(k)) == str(attrs[k]) for k in SAME_SWEEP_ATTRS
+    ):
+        return existing
+    if overwrite:
+        return None
+    raise FileExistsError(
+        f"output {str(path)!r} exists and holds a different sweep (base config, grid, "
+        "summary_every or stop_last_period differ, or it is not a sweep dataset); choose "
+        "another path, delete it, or pass overwrite=True (--overwrite on the command line) "
+        "to replace it."
+    )
+
+
+def _writes_files(batch: _Batch) -> bool:
+    """Whether ``batch`` has run files to write (None entries are kept files)."""
+    return batch.run_files is not None and any(p is not None for p in batch.run_files)
 
 
 def _jsonable(value: Any) -> Any:
@@ -370,18 +516,24 @@ def _execute(
     scheduler: str | None,
     workers: int | None,
     callback: SweepProgress | None,
-    total: int,
 ) -> list[xr.Dataset]:
+    """The part of every batch: loaded from ``parts_dir`` where done, computed otherwise.
+
+    A part on disk counts as done only when its batch has no run file left to write (the
+    files of a finished batch are complete, so this recomputes only batches whose files were
+    removed or never written, e.g. into another run_files folder).
+    """
     parts: dict[int, xr.Dataset] = {}
     todo = []
     if parts_dir is not None:
         parts_dir.mkdir(parents=True, exist_ok=True)
     for batch in batches:
         path = None if parts_dir is None else parts_dir / batch.name
-        if path is not None and path.exists():
+        if path is not None and path.exists() and not _writes_files(batch):
             parts[batch.index] = _load_part(path)
         else:
             todo.append(batch)
+    total = sum(len(b.runs) for b in batches)
     done = sum(len(b.runs) for b in batches if b.index in parts)
     if callback is not None:
         callback(done, total)
@@ -396,10 +548,11 @@ def _execute(
             callback(done, total)
 
     def arguments(batch: _Batch) -> tuple:
+        files = batch.run_files
         return (
             [c.to_json() for c in batch.configs],
             summary_every,
-            batch.run_files,
+            None if files is None else [None if p is None else str(p) for p in files],
             lanes,
             batch.runs,
         )

@@ -68,12 +68,22 @@ def _command(args: argparse.Namespace) -> str:
         value = getattr(args, name)
         if value is not None:
             words += [f"--{name.replace('_', '-')}", str(value)]
-    return shlex.join(words + (["--quiet"] if args.quiet else []))
+    flags = ["--overwrite"] if args.overwrite else []
+    return shlex.join(words + flags + (["--quiet"] if args.quiet else []))
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What tells whether ``path`` was written: (inode, size, mtime), None if absent."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from analysis._phase import STAT, seed_statistics
-    from analysis._sweep import sweep
+    from analysis._sweep import check_grid, run_file_paths, sweep
 
     base, grid, options = read_grid_file(args.grid)
     for name in ("summary_every", "batch_size", "lanes"):
@@ -82,17 +92,25 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.output is None:
         args.output = str(Path("sweeps") / f"{Path(args.grid).stem}.nc")
     output = args.output
+    # What this call writes is reported from the files themselves: an existing output of the
+    # same sweep and run files already complete are left as they are.
+    targets = [Path(output)]
+    if args.run_files:
+        targets += run_file_paths(check_grid(base, grid), args.run_files)
+    before = {path: _stamp(path) for path in targets}
     ds = sweep(
         base,
         grid,
         output=output,
         run_files=args.run_files,
+        overwrite=args.overwrite,
         scheduler=args.scheduler,
         workers=args.workers,
         progress=not args.quiet,
         command=_command(args),
         **options,
     )
+    written = {path for path in targets if _stamp(path) not in (None, before[path])}
     runs = int(ds["diverged"].size)
     print(f"{runs} runs, {int(ds['diverged'].sum())} diverged")
     keep = [d for d in ds["final_val_accuracy"].dims if d != "seed"]
@@ -102,8 +120,18 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print("final val accuracy, seed mean:")
         print(table.drop(columns=[STAT]).to_string(index=False))
     if args.run_files:
-        print(f"wrote {args.run_files}/ ({runs} run files)")
-    print(f"wrote {output}")
+        folder = args.run_files.rstrip("/") + "/"
+        count = len(written - {Path(output)})
+        if count == 0:
+            print(f"{folder} already holds the {runs} finished run files; left unchanged")
+        elif count < runs:
+            print(f"wrote {folder} ({count} of {runs} run files; the others were finished already)")
+        else:
+            print(f"wrote {folder} ({count} run files)")
+    if Path(output) in written:
+        print(f"wrote {output}")
+    else:
+        print(f"{output} already holds this sweep; left unchanged")
     return 0
 
 
@@ -155,7 +183,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train every combination of the [grid] table of GRID.toml on top of its "
         "[base] table and write one netCDF dataset (dims = grid keys) of final metrics, "
         "divergence flags and per-step summaries. Re-running an interrupted sweep skips the "
-        "batches already done (kept in OUTPUT.parts/).",
+        "batches already done (kept in OUTPUT.parts/). Existing run files of the same runs, "
+        "finished, are kept; files of other runs are refused unless --overwrite.",
         formatter_class=raw,
         epilog=_examples("""
             dynloss sweep examples/sweep_laptop.toml --output sweeps/laptop.nc
@@ -172,6 +201,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sw.add_argument("--batch-size", type=int, default=None, help="runs per batch (default 50)")
     sw.add_argument("--summary-every", type=int, default=None, help="steps between summaries")
     sw.add_argument("--lanes", type=int, default=None, help="runs vmapped in lockstep (1)")
+    sw.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace run files of other runs in --run-files and an --output of another sweep",
+    )
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(func=_cmd_sweep)
 

@@ -127,3 +127,64 @@ def test_bad_inputs(configs, kwargs, message):
 def test_non_config_is_refused():
     with pytest.raises(TypeError, match="configs must be TrainConfig instances"):
         train_batch([{"seed": 0}])
+
+
+def _stamp(path):
+    stat = path.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def test_existing_run_files_are_refused_unless_overwrite(tmp_path):
+    """train()'s policy: an existing file is never replaced silently; every target is checked
+    before any file is created."""
+    import xarray as xr
+
+    first, second = BASE.replace(seed=0), BASE.replace(seed=1)
+    old, new = tmp_path / "old.nc", tmp_path / "new.nc"
+    train_batch([first], summary_every=20, run_files=[old])
+    stamp = _stamp(old)
+    sibling = tmp_path / "old.hessian.nc"
+    with open_run(old) as run:
+        config = run.attrs["config"]
+    xr.Dataset(
+        {"x": ("step", [1.0])}, coords={"step": [0]}, attrs={"source_config": config}
+    ).to_netcdf(sibling)
+    with pytest.raises(FileExistsError, match=r"old\.nc' already exists.*overwrite=True"):
+        train_batch([second, first], summary_every=20, run_files=[new, old])
+    assert not new.exists()  # checked before any writer was created
+    assert _stamp(old) == stamp and sibling.exists()
+    with pytest.raises(FileExistsError, match="already exists"):
+        train(BASE.replace(output=str(old)))  # the policy train_batch follows
+    result = train_batch([second, first], summary_every=20, run_files=[new, None], overwrite=True)
+    with open_run(new) as run:
+        assert run.attrs["status"] == "complete"
+    assert _stamp(old) == stamp  # None: no file for that run
+    assert result.final["final_loss"].shape == (2,)
+    train_batch([second], summary_every=20, run_files=[old], overwrite=True)
+    with open_run(old, siblings=False) as replaced:
+        assert replaced.attrs["status"] == "complete"
+        assert TrainConfig.from_json(replaced.attrs["config"]).seed == 1
+    assert not sibling.exists()  # the old run's post-hoc results went with it, as in train()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"run_files": ["a.nc", "./a.nc"]}, ValueError, r"run_files\[0\] and run_files\[1\]"),
+        ({"run_files": ["a.nc", None], "overwrite": "yes"}, ValueError, "overwrite must be"),
+        ({"overwrite": 1}, ValueError, "overwrite must be True or False"),
+        ({"run_files": "a.nc"}, ValueError, "run_files must be a list of paths"),
+    ],
+)
+def test_bad_run_files(tmp_path, monkeypatch, kwargs, error, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(error, match=message):
+        train_batch([BASE, BASE.replace(seed=1)], **kwargs)
+    assert not list(tmp_path.iterdir())
+
+
+def test_run_file_that_is_a_directory(tmp_path):
+    (tmp_path / "d.nc").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"run_files\[1\] .*d\.nc' is a directory"):
+        train_batch([BASE, BASE.replace(seed=1)], run_files=[tmp_path / "a.nc", tmp_path / "d.nc"])
+    assert not (tmp_path / "a.nc").exists()

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import jax
+import netCDF4
 import numpy as np
 import pytest
 import xarray as xr
@@ -128,9 +129,138 @@ def test_run_files_are_written(tmp_path):
     )
 
 
+def _stamp(path):
+    stat = path.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _interrupt_after(runs):
+    def progress(done, total):
+        if done >= runs:
+            raise KeyboardInterrupt
+
+    return progress
+
+
+def _status(path):
+    with xr.open_dataset(path) as run:
+        return run.attrs["status"], TrainConfig.from_json(run.attrs["config"])
+
+
+def test_run_files_of_other_runs_are_refused(tmp_path):
+    """A sweep never replaces a run file that does not hold its run, unless overwrite."""
+    runs = tmp_path / "runs"
+    sweep(BASE, {"seed": [0]}, run_files=runs, summary_every=20)
+    (runs / "seed=0.nc").rename(runs / "seed=1.nc")  # a finished run of seed 0, named seed=1
+    stamp = _stamp(runs / "seed=1.nc")
+    with pytest.raises(FileExistsError, match=r"seed=1\.nc' already exists and does not hold"):
+        sweep(BASE, {"seed": [0, 1]}, run_files=runs, summary_every=20)
+    assert _stamp(runs / "seed=1.nc") == stamp
+    assert sorted(p.name for p in runs.iterdir()) == ["seed=1.nc"]  # nothing was written
+    (runs / "seed=0.nc").write_text("not a run file")
+    with pytest.raises(FileExistsError, match=r"seed=0\.nc' \(and 1 more\) already exists"):
+        sweep(BASE, {"seed": [0, 1]}, run_files=runs, summary_every=20)
+    sweep(BASE, {"seed": [0, 1]}, run_files=runs, summary_every=20, overwrite=True)
+    for seed in (0, 1):
+        status, config = _status(runs / f"seed={seed}.nc")
+        assert status == "complete" and config.seed == seed
+
+
+def test_resumed_sweep_keeps_finished_run_files(tmp_path):
+    """Files of the same runs, finished, are kept; a file left unfinished is written again."""
+    runs = tmp_path / "runs"
+    options = dict(run_files=runs, summary_every=20, batch_size=1, command="test")
+    with pytest.raises(KeyboardInterrupt):
+        sweep(BASE, {"seed": [0, 1, 2]}, progress=_interrupt_after(1), **options)
+    assert sorted(p.name for p in runs.glob("*.nc")) == ["seed=0.nc"]
+    stamp = _stamp(runs / "seed=0.nc")
+    with pytest.raises(KeyboardInterrupt):  # one more batch: seed 1, then left as "failed"
+        sweep(BASE, {"seed": [0, 1, 2]}, progress=_interrupt_after(2), **options)
+    with netCDF4.Dataset(runs / "seed=1.nc", "a") as nc:  # as a batch interrupted mid-way
+        nc.setncattr("status", "failed")
+    seen = []
+    ds = sweep(BASE, {"seed": [0, 1, 2]}, progress=lambda d, t: seen.append(d), **options)
+    assert seen[0] == 1  # seed 0's batch was not re-run, seed 1's was (its file was unfinished)
+    assert _stamp(runs / "seed=0.nc") == stamp
+    for seed in (0, 1, 2):
+        status, config = _status(runs / f"seed={seed}.nc")
+        assert status == "complete" and config.seed == seed
+        with xr.open_dataset(runs / f"seed={seed}.nc") as run:
+            np.testing.assert_array_equal(
+                run["loss"].sel(step=[0, 20, 40]).values, ds["loss"].sel(seed=seed).values
+            )
+
+
+def test_resume_with_other_options_recomputes_parts(tmp_path):
+    """Parts computed with another summary interval, or without run files, are not reused."""
+    out, runs = tmp_path / "s.nc", tmp_path / "runs"
+    with pytest.raises(KeyboardInterrupt):
+        sweep(
+            BASE,
+            {"seed": [0, 1]},
+            output=out,
+            summary_every=40,
+            batch_size=1,
+            progress=_interrupt_after(1),
+        )
+    assert len(list((tmp_path / "s.nc.parts").glob("batch-*.nc"))) == 1
+    seen = []
+    ds = sweep(
+        BASE,
+        {"seed": [0, 1]},
+        output=out,
+        run_files=runs,
+        summary_every=20,
+        batch_size=1,
+        progress=lambda d, t: seen.append(d),
+    )
+    assert seen[0] == 0
+    assert ds["summary_step"].values.tolist() == [0, 20, 40]
+    assert np.isfinite(ds["loss"].values).all()
+    assert sorted(p.name for p in runs.glob("*.nc")) == ["seed=0.nc", "seed=1.nc"]
+    assert int(ds.attrs["summary_every"]) == 20
+
+
+def test_existing_output_gets_the_requested_run_files(tmp_path):
+    out, runs = tmp_path / "s.nc", tmp_path / "runs"
+    first = sweep(BASE, {"seed": [0, 1]}, output=out, summary_every=20, command="test")
+    stamp = _stamp(out)
+    again = sweep(
+        BASE, {"seed": [0, 1]}, output=out, run_files=runs, summary_every=20, command="test"
+    )
+    xr.testing.assert_identical(again, first)
+    assert _stamp(out) == stamp  # the output is the same sweep: left as it is
+    for seed in (0, 1):
+        status, config = _status(runs / f"seed={seed}.nc")
+        assert status == "complete" and config.seed == seed
+    with pytest.raises(FileExistsError, match=r"holds a different sweep.*overwrite=True"):
+        sweep(BASE, {"seed": [0]}, output=out, summary_every=20)
+    assert _stamp(out) == stamp
+    other = sweep(BASE, {"seed": [0]}, output=out, summary_every=20, overwrite=True)
+    xr.testing.assert_identical(xr.load_dataset(out), other)
+    assert other.sizes["seed"] == 1
+
+
 def test_stop_last_period():
     configs = expand(BASE, {"period": [10.0, 20.0]}, stop_last_period=True)
     assert [c.stop_after for c in configs] == [50, 40]
+    assert expand(BASE, {"period": [10.0]}, stop_last_period=np.True_)[0].stop_after == 50
+
+
+@pytest.mark.parametrize(
+    ("base", "grid", "value", "message"),
+    [
+        (BASE, {"stop_after": [None, 30]}, True, "would replace the grid's stop_after"),
+        (BASE.replace(stop_after=30), {"seed": [0]}, True, "replace the base config's stop"),
+        (BASE, {"seed": [0]}, "false", "stop_last_period must be True or False"),
+        (BASE, {"seed": [0]}, 1, "stop_last_period must be True or False"),
+    ],
+)
+def test_bad_stop_last_period(base, grid, value, message):
+    with pytest.raises(ValueError, match=message):
+        expand(base, grid, stop_last_period=value)
+    with pytest.raises(ValueError, match=message):
+        sweep(base, grid, stop_last_period=value)
 
 
 @pytest.mark.parametrize(
@@ -150,6 +280,7 @@ def test_stop_last_period():
         ({"seed": [0]}, {"summary_every": 30}, ValueError, "multiple of eval_every=20"),
         ({"seed": [0]}, {"workers": 2, "scheduler": "tcp://x:1"}, ValueError, "not both"),
         ({"seed": [0]}, {"scheduler": 5}, ValueError, "scheduler must be an address string"),
+        ({"seed": [0]}, {"overwrite": "yes"}, ValueError, "overwrite must be True or False"),
     ],
 )
 def test_bad_sweep_inputs(grid, kwargs, error, message):
@@ -286,6 +417,35 @@ def test_cli_sweep_and_phase(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "seed mean ± standard error" in text and f"wrote {fig}" in text
     assert fig.stat().st_size > 0
+
+
+def test_cli_reports_what_it_wrote(tmp_path, capsys):
+    grid = tmp_path / "g.toml"
+    grid.write_text(
+        "[base]\nhidden_widths = [6]\nsteps = 40\neval_every = 20\nchunk_steps = 40\n"
+        "[grid]\nseed = [0, 1]\n[sweep]\nsummary_every = 20\n"
+    )
+    out, runs = tmp_path / "s.nc", tmp_path / "rf"
+    _cli(["sweep", str(grid), "--output", str(out), "--quiet"])
+    assert f"wrote {out}" in capsys.readouterr().out
+    _cli(["sweep", str(grid), "--output", str(out), "--run-files", str(runs), "--quiet"])
+    text = capsys.readouterr().out
+    assert f"wrote {runs}/ (2 run files)" in text
+    assert f"{out} already holds this sweep; left unchanged" in text
+    assert f"wrote {out}" not in text
+    assert sorted(p.name for p in runs.glob("*.nc")) == ["seed=0.nc", "seed=1.nc"]
+    _cli(["sweep", str(grid), "--output", str(out), "--run-files", str(runs), "--quiet"])
+    text = capsys.readouterr().out
+    assert f"{runs}/ already holds the 2 finished run files; left unchanged" in text
+    assert "\nwrote" not in "\n" + text
+    (runs / "seed=1.nc").write_text("not a run file")
+    with pytest.raises(FileExistsError, match=r"seed=1\.nc' already exists"):
+        _cli(["sweep", str(grid), "--output", str(out), "--run-files", str(runs), "--quiet"])
+    args = ["sweep", str(grid), "--output", str(out), "--run-files", str(runs), "--quiet"]
+    _cli([*args, "--overwrite"])
+    text = capsys.readouterr().out
+    assert f"wrote {runs}/ (1 of 2 run files; the others were finished already)" in text
+    assert _status(runs / "seed=1.nc")[0] == "complete"
 
 
 def test_cli_help_has_examples(capsys):

@@ -41,6 +41,7 @@ from training._trainer import (
     Hyper,
     Problem,
     _flat,
+    _siblings_or_none,
     build,
     cached,
     hyper_of,
@@ -259,11 +260,59 @@ def _writer(path: Path, config: TrainConfig, problem: Problem, state: tuple) -> 
     return open_writer(path, problem._replace(config=config.replace(output=str(path))), state)
 
 
+def check_run_files(
+    run_files: Sequence[str | Path | None], num_runs: int, *, overwrite: bool = False
+) -> list[Path | None]:
+    """Validate the run-file targets of a batch before anything is written; returns them as paths.
+
+    The policy of :func:`training.train`: an existing file is refused with ``FileExistsError``
+    unless ``overwrite``. Every target is checked, so a refused batch leaves every file as it was.
+    """
+    if not isinstance(overwrite, bool):
+        raise ValueError(f"overwrite must be True or False (got {overwrite!r}).")
+    if isinstance(run_files, str | bytes | Path):
+        raise ValueError(
+            f"run_files must be a list of paths, one per config (got the single path "
+            f"{str(run_files)!r})."
+        )
+    paths = [None if p is None else Path(p) for p in run_files]
+    if len(paths) != num_runs:
+        raise ValueError(f"run_files must hold one path per config ({num_runs}); got {len(paths)}.")
+    seen: dict[Path, int] = {}
+    for i, path in enumerate(paths):
+        if path is None:
+            continue
+        key = path.resolve()
+        if key in seen:
+            raise ValueError(
+                f"run_files[{seen[key]}] and run_files[{i}] are the same file {str(path)!r}; "
+                "give every run its own path."
+            )
+        seen[key] = i
+        if path.is_dir():
+            raise IsADirectoryError(
+                f"run_files[{i}] {str(path)!r} is a directory; give a file path."
+            )
+    existing = [str(p) for p in paths if p is not None and p.exists()]
+    if existing and not overwrite:
+        more = (
+            f" (and {len(existing) - 1} more of the {num_runs} run files)"
+            if len(existing) > 1
+            else ""
+        )
+        raise FileExistsError(
+            f"run file {existing[0]!r} already exists{more}; choose another path or pass "
+            "overwrite=True to replace it. Nothing was written."
+        )
+    return paths
+
+
 def train_batch(
     configs: Sequence[TrainConfig],
     *,
     summary_every: int | None = None,
-    run_files: Sequence[str | Path] | None = None,
+    run_files: Sequence[str | Path | None] | None = None,
+    overwrite: bool = False,
     lanes: int = DEFAULT_LANES,
     chunk_steps: int | None = None,
     progress: BatchProgress | None = None,
@@ -281,7 +330,11 @@ def train_batch(
         multiples of this (a multiple of ``eval_every``; default
         :func:`default_summary_every`).
       run_files: one path per run: write each run's full run file there, in the format of
-        :func:`training.train` (checkpoints every ``checkpoint_every`` steps).
+        :func:`training.train` (checkpoints every ``checkpoint_every`` steps); None for a run
+        writes no file for it. An existing file is refused (``FileExistsError``, checked for
+        every path before anything runs) unless ``overwrite``.
+      overwrite: replace existing run files, deleting their post-hoc siblings
+        ``RUN.<kind>.nc`` as :func:`training.train` does.
       lanes: runs advanced in lockstep by ``jax.vmap`` inside each group; the batch is cut into
         groups of ``lanes`` runs executed one after the other in one program (1: every run
         alone, measured fastest on CPU; see the module docstring).
@@ -295,11 +348,9 @@ def train_batch(
     first = configs[0]
     num_runs = len(configs)
     if run_files is not None:
-        run_files = [Path(p) for p in run_files]
-        if len(run_files) != num_runs:
-            raise ValueError(
-                f"run_files must hold one path per config ({num_runs}); got {len(run_files)}."
-            )
+        run_files = check_run_files(run_files, num_runs, overwrite=overwrite)
+    elif not isinstance(overwrite, bool):
+        raise ValueError(f"overwrite must be True or False (got {overwrite!r}).")
     chunk_steps = first.chunk_steps if chunk_steps is None else chunk_steps
     if isinstance(chunk_steps, bool) or not isinstance(chunk_steps, int) or chunk_steps < 1:
         raise ValueError(f"chunk_steps must be an integer >= 1 (got {chunk_steps!r}).")
@@ -310,7 +361,7 @@ def train_batch(
 def _train_batch(
     configs: list[TrainConfig],
     summary_every: int,
-    run_files: list[Path] | None,
+    run_files: list[Path | None] | None,
     lanes: int,
     chunk_steps: int,
     progress: BatchProgress | None,
@@ -336,11 +387,16 @@ def _train_batch(
         for name in SUMMARY_VARIABLES
     }
     diverged_at = np.full(num_runs, -1, np.int64)
-    writers = (
-        [_writer(p, c, problem, s) for p, c, s in zip(run_files, configs, states, strict=True)]
-        if run_files is not None
-        else None
-    )
+    writers = None
+    if run_files is not None:
+        for path in run_files:  # overwrite (checked): the old run's post-hoc results go with it
+            if path is not None and path.exists():
+                for sibling in _siblings_or_none(path):
+                    sibling.unlink()
+        writers = [
+            None if p is None else _writer(p, c, problem, s)
+            for p, c, s in zip(run_files, configs, states, strict=True)
+        ]
     keys = [np.asarray(jax.random.key_data(s[2]), np.uint32) for s in states]
     checkpoint_every = first.checkpoint_every if writers is not None else None
     try:
@@ -362,21 +418,22 @@ def _train_batch(
         if writers is not None:
             _checkpoint(writers, diverged_at, carry, steps, keys, np_dtype)
             for writer, bad in zip(writers, diverged_at, strict=True):
-                if bad < 0:
+                if writer is not None and bad < 0:
                     writer.set_attrs(status="complete")
     except BaseException as error:
         for writer, bad in zip(writers or (), diverged_at, strict=False):
-            if bad < 0:
+            if writer is not None and bad < 0:
                 writer.set_attrs(status="failed", error=f"{type(error).__name__}: {error}")
         raise
     finally:
         for writer in writers or ():
-            writer.close()
+            if writer is not None:
+                writer.close()
     return BatchResult(final, diverged_at >= 0, diverged_at, summary_steps, summaries)
 
 
 def _checkpoint(
-    writers: list[RunWriter],
+    writers: list[RunWriter | None],
     diverged_at: np.ndarray,
     carry: tuple,
     step: int,
@@ -385,7 +442,7 @@ def _checkpoint(
 ) -> None:
     params, opt_state = carry[0], carry[1]
     for i, writer in enumerate(writers):
-        if diverged_at[i] >= 0:
+        if writer is None or diverged_at[i] >= 0:
             continue
         p = jax.tree.map(lambda a, i=i: a[i], params)
         o = jax.tree.map(lambda a, i=i: a[i], opt_state)
@@ -398,7 +455,7 @@ def _record(
     diverged_at: np.ndarray,
     summary_steps: np.ndarray,
     summaries: dict[str, np.ndarray],
-    writers: list[RunWriter] | None,
+    writers: list[RunWriter | None] | None,
 ) -> None:
     """Fold one chunk of per-step records (R, length, ...) into summaries, flags and files."""
     loss = records["loss"]
@@ -419,7 +476,7 @@ def _record(
     if writers is None:
         return
     for i, writer in enumerate(writers):
-        if was_diverged[i]:
+        if writer is None or was_diverged[i]:
             continue
         if newly[i]:
             keep = int(diverged_at[i] - start) + 1
