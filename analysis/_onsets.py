@@ -583,6 +583,12 @@ def detect_onsets(
         eigen_indices = np.asarray(
             eig[EIGEN_INDEX].values if EIGEN_INDEX in eig.coords else np.arange(1, eig.shape[1] + 1)
         )
+        if eigen_indices.size and (eigen_indices.min() < 1 or 1 not in eigen_indices):
+            raise ValueError(
+                "eigen_index must count from 1 (λ_max is eigen_index 1, the run-file "
+                f"convention; got {eigen_indices.tolist()[:8]}); assign "
+                "eigen_index=np.arange(1, k + 1)."
+            )
         lam = np.asarray(eig.values, dtype=float)
     if merge_gap is None:
         # For lambda_jump, jumps at consecutive tracked samples (and one sample apart) belong

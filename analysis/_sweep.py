@@ -127,7 +127,26 @@ def check_grid(base: TrainConfig, grid: Mapping[str, Any]) -> dict[str, list]:
                 f"{sorted(fields - {'output'})}."
             )
         out[key] = _values(key, values)
+        _check_distinct(base, key, out[key])
     return out
+
+
+def _check_distinct(base: TrainConfig, key: str, values: list) -> None:
+    """Refuse values that give the same configuration (1 and 1.0: two identical runs)."""
+    stored = []
+    for value in values:
+        try:
+            if key == WIDTH:
+                stored.append(base.replace(hidden_widths=(value,)).hidden_widths)
+            else:
+                stored.append(getattr(base.replace(**{key: value}), key))
+        except (TypeError, ValueError):  # valid only with other keys' values: checked later
+            stored.append(repr(value))
+    if len(set(map(repr, stored))) != len(stored):
+        raise ValueError(
+            f"grid[{key!r}] has values that give the same configuration ({values} are stored "
+            f"as {stored}); each value must be distinct."
+        )
 
 
 def _check_stop_last_period(

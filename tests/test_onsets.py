@@ -327,6 +327,13 @@ def test_lambda_jump_finds_jumps_at_any_tracking_interval(every):
     assert 3000 - 2 * every <= int(onsets.end_step[0]) <= 3000 + every
 
 
+def test_eigen_indices_must_count_from_one():
+    # A user's Dataset with 0-based eigen_index would otherwise read λ_2 as λ_max.
+    run = make_run(burst_loss(1000, [(500, 600)]), np.ones((1000, 3)))
+    with pytest.raises(ValueError, match=r"eigen_index must count from 1 .*got \[0, 1, 2\]"):
+        detect_onsets(run.assign_coords(eigen_index=[0, 1, 2]))
+
+
 def test_an_empty_run_has_no_onsets():
     for method in ("alternation", "branches", "lambda_jump"):
         onsets = detect_onsets(make_run(np.zeros(0), np.zeros((0, 2))), method=method)

@@ -273,6 +273,12 @@ def test_bad_stop_last_period(base, grid, value, message):
         ({"seed": 3}, {}, ValueError, r"grid\['seed'\] must be a list of values"),
         ({"seed": []}, {}, ValueError, r"grid\['seed'\] must hold at least one value"),
         ({"seed": [1, 1]}, {}, ValueError, r"grid\['seed'\] has repeated values"),
+        (
+            {"amplitude": [2, 2.0]},
+            {},
+            ValueError,
+            r"grid\['amplitude'\] has values that give the same configuration",
+        ),
         ({"amplitude": [0.5]}, {}, ValueError, "amplitude must be >= 1"),
         ({"seed": [0]}, {"batch_size": 0}, ValueError, "batch_size must be an integer >= 1"),
         ({"seed": [0]}, {"workers": 0}, ValueError, "workers must be an integer >= 1"),
