@@ -595,11 +595,16 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
         step = _one_step(args, ds)
         dens = hessian_trajectory(ds, steps=[step], k=1, projection=False, density=True)
-        eta = float(TrainConfig.from_json(ds.attrs["config"]).learning_rate)
+        config = TrainConfig.from_json(ds.attrs["config"])
+        eta = config.learning_rate
+        if "learning_rate" in ds and step in ds["step"].values:  # η of that step (schedules)
+            eta = float(ds["learning_rate"].sel(step=step))
         fig = _plots.plot_spectral_density(
             dens["hessian_density_grid"].values[0],
             dens["hessian_density"].values[0],
             learning_rate=eta,
+            optimizer=config.optimizer,
+            momentum=config.momentum,
             label=f"step {step}",
         )
     else:

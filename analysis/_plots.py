@@ -74,8 +74,14 @@ def _draw(
     color: str | None = None,
     marker: str | None = None,
 ) -> None:
-    """Draw one series, decimated to its min/max envelope when long; NaN entries are skipped."""
+    """Draw one series, decimated to its min/max envelope when long; NaN entries are skipped.
+
+    A series with points at fewer than a tenth of the steps (post-hoc values at a few
+    checkpoints, sparse tracking) is drawn with markers, so that a single point shows.
+    """
     keep = np.isfinite(np.asarray(y, dtype=float))
+    if marker is None and keep.sum() < max(2, keep.size // 10):
+        marker = "o"
     x, y = np.asarray(x)[keep], np.asarray(y, dtype=float)[keep]
     if y.size == 0:
         return
@@ -217,15 +223,7 @@ def _draw_panel(
         ax.set_title("Hessian λ_1…λ_k")
     elif name == "ntk":
         ntk = run["ntk_eigenvalues"].transpose(STEP, ...)
-        sparse = np.isfinite(ntk.values[:, 0]).sum() < 0.1 * len(steps)  # checkpoints only
-        _draw(
-            ax,
-            steps,
-            ntk.values[:, 0],
-            max_points=max_points,
-            color="tab:brown",
-            marker="o" if sparse else None,
-        )
+        _draw(ax, steps, ntk.values[:, 0], max_points=max_points, color="tab:brown")
         ax.set_ylabel("NTK λ_max")
         ax.set_title("NTK λ_max")
 
@@ -300,9 +298,17 @@ def plot_run(
     if max_points < 2:
         raise ValueError(f"max_points must be >= 2 (got {max_points}).")
     if zoom is not None:
-        if len(zoom) != 2 or not zoom[0] < zoom[1]:
-            raise ValueError(f"zoom must be a pair (start, stop) with start < stop (got {zoom}).")
+        if len(zoom) != 2 or not int(zoom[0]) < int(zoom[1]):
+            raise ValueError(
+                f"zoom must be a pair of steps (start, stop) with start < stop (got {zoom})."
+            )
         zoom = (int(zoom[0]), int(zoom[1]))
+    if eigen_count is not None and (
+        isinstance(eigen_count, bool)
+        or not isinstance(eigen_count, int | np.integer)
+        or eigen_count < 1
+    ):
+        raise ValueError(f"eigen_count must be an integer >= 1 or None (got {eigen_count!r}).")
     config = _run_config(run)
     marks = _onset_marks(onsets)
     threshold_value = _threshold_value(onsets)
@@ -501,7 +507,9 @@ def plot_gradient_projection(
     axes = fig.subplots(rows, 1, sharex=True, squeeze=False)
     ax = axes[0, 0]
     proj = ds["grad_projection"].transpose(STEP, ...)
-    indices = proj[EIGEN_INDEX].values if EIGEN_INDEX in proj.coords else range(1, proj.shape[1])
+    indices = (
+        proj[EIGEN_INDEX].values if EIGEN_INDEX in proj.coords else range(1, proj.shape[1] + 1)
+    )
     for column, index in enumerate(indices):
         _draw(ax, steps, proj.values[:, column], max_points=max_points, label=f"|g·v{index}|/|g|")
     if "grad_perpendicular" in ds:
@@ -556,9 +564,13 @@ def plot_landscape_section(
     b = surface[dim_b].values if dim_b in surface.coords else np.arange(surface.shape[1])
     values = np.asarray(surface.values, dtype=float)
     if log:
+        # log10(F − min F + ε) with ε half the smallest positive F − min F: the minimum shows
+        # one step below its neighbours instead of at log10 of rounding.
         finite = values[np.isfinite(values)]
         floor = finite.min() if finite.size else 0.0
-        values = np.log10(values - floor + 1e-12 * max(1.0, abs(floor)))
+        above = finite[finite > floor] - floor
+        offset = 0.5 * above.min() if above.size else 1.0
+        values = np.log10(values - floor + offset)
     fig = Figure(figsize=(5.2, 4.4))
     ax = fig.subplots()
     contour = ax.contourf(a, b, values.T, levels=levels, cmap="viridis")

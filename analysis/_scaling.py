@@ -107,6 +107,10 @@ def stability_limit(
     return float(limit) if limit.ndim == 0 else limit
 
 
+MIN_BOOTSTRAP_UNITS = 3
+"""Fewest points (or groups) for which :func:`fit_threshold_scaling` reports an interval."""
+
+
 def _weighted_slopes(
     x: np.ndarray, y: np.ndarray, weights: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -147,7 +151,9 @@ def fit_threshold_scaling(
         optimizer: `"gd"`, `"momentum"` or `"nesterov"`: which stability limit `eos_ratio` uses.
         momentum: β for the momentum optimizers (ignored by `"gd"`).
         num_bootstrap: number of bootstrap replicates (≥ 1). Replicates that happen to contain a
-            single distinct η carry no slope and are dropped.
+            single distinct η carry no slope and are dropped. The interval is NaN (unknown)
+            with fewer than 3 resampled units (points, or groups when given) or when more
+            than half the replicates are dropped: the rest would be copies of the data.
         confidence: width of the percentile interval, in (0, 1).
         seed: seed of the bootstrap's random generator (the fit itself is deterministic).
 
@@ -188,6 +194,11 @@ def fit_threshold_scaling(
     x, y = np.log(eta), np.log(lam)
     slope, intercept = _weighted_slopes(x, y, np.ones((1, x.size)))
     exponent, log_prefactor = float(slope[0]), float(intercept[0])
+    if not np.isfinite(exponent):
+        raise ValueError(
+            "fit_threshold_scaling needs at least 2 distinct learning_rates; the given ones "
+            f"differ by rounding only ({np.unique(eta)}: a float32 and a float64 run of one η?)."
+        )
     residual = y - (log_prefactor + exponent * x)
     total = float(((y - y.mean()) ** 2).sum())
     r2 = 1.0 - float((residual**2).sum()) / total if total > 0 else 1.0
@@ -208,9 +219,12 @@ def fit_threshold_scaling(
             num_groups, np.full(num_groups, 1.0 / num_groups), size=int(num_bootstrap)
         )
         weights = counts[:, member]
+    units = x.size if groups is None else num_groups
     boot_slopes, _ = _weighted_slopes(x, y, weights.astype(float))
     boot_slopes = boot_slopes[np.isfinite(boot_slopes)]
-    if boot_slopes.size:
+    # With fewer than 3 resampled units, or most replicates holding a single η, the kept
+    # replicates are (nearly) the data itself: their spread is not an uncertainty.
+    if units >= MIN_BOOTSTRAP_UNITS and boot_slopes.size >= 0.5 * int(num_bootstrap):
         tail = 50.0 * (1.0 - float(confidence))
         ci_low, ci_high = (float(v) for v in np.percentile(boot_slopes, [tail, 100.0 - tail]))
     else:

@@ -12,7 +12,9 @@ A = 70) that shows the same scaling in a few minutes on 2 cores:
     .venv/bin/python examples/lr_study.py --etas 0.5 1 2 --seeds 0 1 2 --output-dir runs/lr
     .venv/bin/python examples/lr_study.py --paper --etas 0.25 0.5 1 2 4 --widths 100 1000
 
-Runs already on disk are reused, so an interrupted study continues where it stopped.
+A run already on disk with the same configuration and finished is reused, so an interrupted
+study continues where it stopped (an unfinished run is trained again); a file holding another
+configuration (another protocol in the same folder) is refused: choose another --output-dir.
 """
 
 from __future__ import annotations
@@ -24,6 +26,20 @@ from analysis import collect_thresholds, fit_threshold_scaling, plot_threshold_s
 from training import TrainConfig, open_run, train
 
 
+def _finished(path: Path, config: TrainConfig) -> bool:
+    """Whether ``path`` holds this run, finished; refuses a file of another configuration."""
+    if not path.exists():
+        return False
+    with open_run(path, siblings=False) as ds:
+        stored, status = TrainConfig.from_json(ds.attrs["config"]), ds.attrs["status"]
+    if stored.replace(output=None) != config.replace(output=None):
+        raise FileExistsError(
+            f"{path} holds a run of another configuration (another protocol or amplitude in "
+            "this folder?); choose another --output-dir."
+        )
+    return status in ("complete", "diverged")
+
+
 def run_study(etas, widths, *, period0, steps0, amplitude, output_dir, seeds=(0,), quiet=False):
     output_dir = Path(output_dir)
     paths = []
@@ -31,26 +47,26 @@ def run_study(etas, widths, *, period0, steps0, amplitude, output_dir, seeds=(0,
         period = period0 / eta
         steps = round(steps0 / eta)
         path = output_dir / f"w{width}_eta{eta:g}_seed{seed}.nc"
-        if not path.exists():
-            config = TrainConfig(
-                hidden_widths=(width,),
-                loss="dce",
-                amplitude=amplitude,
-                period=period,
-                steps=steps,
-                stop_after=int(steps - period),
-                learning_rate=eta,
-                hessian_top_k=3,
-                checkpoint_every=max(steps // 20, 1),
-                seed=seed,
-                output=str(path),
-            )
+        config = TrainConfig(
+            hidden_widths=(width,),
+            loss="dce",
+            amplitude=amplitude,
+            period=period,
+            steps=steps,
+            stop_after=int(steps - period),
+            learning_rate=eta,
+            hessian_top_k=3,
+            checkpoint_every=max(steps // 20, 1),
+            seed=seed,
+            output=str(path),
+        )
+        if not _finished(path, config):
             if not quiet:
                 print(
                     f"training width {width}, η = {eta:g}, seed {seed}: T = {period:g}, "
                     f"{steps} steps"
                 )
-            train(config)
+            train(config, overwrite=path.exists())  # an unfinished run of this config
         paths.append(path)
     runs = [open_run(p) for p in paths]
     points = collect_thresholds(runs)

@@ -290,3 +290,23 @@ def test_info_counts_trained_steps_only(tmp_path, capsys):
     assert open_run(run).sizes["step"] == 21  # the sibling's step 20 is merged
     assert main(["info", str(run)]) == 0
     assert "steps recorded  20 of 20" in capsys.readouterr().out
+
+
+def test_density_plot_draws_the_optimizers_own_limit(tmp_path, monkeypatch):
+    import analysis._plots
+
+    run = tmp_path / "nesterov.nc"
+    config = TrainConfig(hidden_widths=(8,), steps=20, checkpoint_every=10, output=str(run))
+    train(config.replace(optimizer="nesterov", momentum=0.9, learning_rate=0.5))
+    seen = {}
+    original = analysis._plots.plot_spectral_density
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(analysis._plots, "plot_spectral_density", spy)
+    png = tmp_path / "density.png"
+    assert main(["plot", "density", str(run), "--step", "10", "--output", str(png)]) == 0
+    assert seen["optimizer"] == "nesterov" and seen["momentum"] == 0.9
+    assert seen["learning_rate"] == 0.5

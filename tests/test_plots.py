@@ -189,6 +189,34 @@ def test_plot_gradient_projection_and_landscape_section(tmp_path):
         plot_landscape_section(surface, path=path.rename(a="x"))
 
 
+def test_values_at_a_single_checkpoint_are_drawn_as_markers():
+    run = full_run()
+    lam = np.full((run.sizes["step"], 2), np.nan)
+    lam[100] = [3.0, 2.0]
+    sparse = run.assign(hessian_eigenvalues=(("step", "eigen_index"), lam))
+    fig = plot_run(sparse)
+    ax = fig.axes[titles(fig).index("Hessian λ_1…λ_k")]
+    lines = [line for line in ax.get_lines() if line.get_label() in ("λ1", "λ2")]
+    assert len(lines) == 2 and all(line.get_marker() == "o" for line in lines)
+    assert [line.get_xdata().tolist() for line in lines] == [[100], [100]]
+
+
+def test_gradient_projection_without_coordinates_draws_every_eigenvector():
+    run = full_run().drop_vars("eigen_index")
+    fig = plot_gradient_projection(run)
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert labels == ["|g·v1|/|g|", "|g·v2|/|g|", "|g⊥|/|g|"]
+
+
+def test_log_section_colours_span_the_data_not_the_offset():
+    a = np.linspace(-1, 1, 21)
+    surface = xr.DataArray(0.3 + a[:, None] ** 2 + a[None, :] ** 2, dims=("a", "b"))
+    fig = plot_landscape_section(surface, log=True)
+    low, high = fig.axes[1].get_ylim()  # the colour bar
+    # F − min F runs from 0.01 (next to the minimum) to 2: log10 spans about -2.3 to 0.3.
+    assert low > -3.0 and high < 1.0
+
+
 def test_bad_inputs_are_rejected():
     with pytest.raises(TypeError, match=r"run must be an xarray.Dataset"):
         plot_run({"loss": [1, 2]})
@@ -198,6 +226,11 @@ def test_bad_inputs_are_rejected():
         plot_run(xr.Dataset({"other": ("step", [1.0, 2.0])}))
     with pytest.raises(ValueError, match="zoom must be a pair"):
         plot_run(basic_run(), zoom=(100, 50))
+    with pytest.raises(ValueError, match="zoom must be a pair"):
+        plot_run(basic_run(), zoom=(1.5, 1.9))  # both whole steps are 1
+    for count in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="eigen_count must be an integer >= 1 or None"):
+            plot_run(full_run(), eigen_count=count)
     with pytest.raises(ValueError, match="max_points must be >= 2"):
         plot_run(basic_run(), max_points=1)
     with pytest.raises(ValueError, match="same length"):

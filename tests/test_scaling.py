@@ -96,6 +96,8 @@ def test_stability_limits_and_eos_ratio_per_optimizer():
         (([0.1, 0.2], [1.0, 0.0]), {}, "thresholds must be finite and > 0"),
         (([0.1, 0.2], [1.0, np.nan]), {}, "thresholds must be finite and > 0"),
         (([0.1, 0.1], [1.0, 2.0]), {}, "at least 2 distinct learning_rates"),
+        # A float32 run's η next to a float64 run's: distinct numbers, the same rate.
+        (([0.1, float(np.float32(0.1))], [20.0, 19.0]), {}, "differ by rounding only"),
         (([0.1, 0.2], [1.0, 2.0]), {"groups": [0]}, "groups must have one label per point"),
         (([0.1, 0.2], [1.0, 2.0]), {"num_bootstrap": 0}, "num_bootstrap must be >= 1"),
         (([0.1, 0.2], [1.0, 2.0]), {"confidence": 1.0}, r"confidence must be in \(0, 1\)"),
@@ -110,6 +112,16 @@ def test_stability_limits_and_eos_ratio_per_optimizer():
 def test_bad_inputs_are_rejected(args, kwargs, message):
     with pytest.raises(ValueError, match=message):
         fit_threshold_scaling(*args, **kwargs)
+
+
+def test_no_interval_from_too_few_runs():
+    # Two runs (one per η): every resample that keeps both η is the data itself.
+    eta, lam = [1, 1, 1, 2, 2, 2], [2.1, 1.9, 2.3, 1.0, 1.2, 0.9]
+    fit = fit_threshold_scaling(eta, lam, groups=[0, 0, 0, 1, 1, 1])
+    assert np.isfinite(fit.exponent) and np.isnan(fit.ci_low) and np.isnan(fit.ci_high)
+    assert np.isnan(fit_threshold_scaling([1, 2], [2.0, 1.0]).ci_low)
+    fit = fit_threshold_scaling(eta, lam)  # six points resampled one by one: an interval
+    assert fit.ci_low < fit.exponent < fit.ci_high
 
 
 def test_stability_limit_rejects_bad_learning_rate():
