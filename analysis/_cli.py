@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training import TrainConfig, open_run, train
+from training import TrainConfig, open_run, sibling_files, train
 
 DEMO_CONFIG = TrainConfig(
     hidden_widths=(100,),
@@ -241,8 +241,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         th = threshold(onsets)
         eta = config.learning_rate
         print(
-            f"threshold λ_th = {th.mean:.4g} ± {th.std:.2g} (mean λ1 at the {th.count} onsets); "
-            f"edge of stability 2/η = {2 / eta:.4g}"
+            f"threshold λ_th = {th.mean:.4g} ± {th.std:.2g} (mean λ1 at the {th.count} onsets; "
+            f"median {np.median(th.values):.4g}); edge of stability 2/η = {2 / eta:.4g}"
         )
     fig = plot_run(ds, onsets=onsets)
     figure_path = out_dir / "demo.png"
@@ -499,13 +499,27 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _without_results(paths: Sequence[str]) -> list[str]:
+    """``paths`` without the post-hoc result files (``RUN.<kind>.nc``) of runs among them,
+    which a glob such as ``runs/lr/*.nc`` also matches; says what it skips."""
+    results = {Path(sibling).resolve() for path in paths for sibling in sibling_files(Path(path))}
+    kept = [path for path in paths if Path(path).resolve() not in results]
+    if len(kept) < len(paths):
+        print(
+            f"skipping {len(paths) - len(kept)} post-hoc result file(s) of the runs given "
+            "(RUN.<kind>.nc; they are merged into their run)",
+            file=sys.stderr,
+        )
+    return kept
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     import json
 
     from analysis._plots import plot_threshold_scaling
     from analysis._scaling import collect_thresholds, fit_threshold_scaling
 
-    runs = [open_run(path) for path in args.runs]
+    runs = [open_run(path) for path in _without_results(args.runs)]
     options = _detect_options(args)
     method = options.pop("method")
     points = collect_thresholds(runs, method=method, **options)
@@ -777,8 +791,8 @@ def build_parser() -> argparse.ArgumentParser:
         "stability factors 1 − ηλ/N (--full); written to RUN.ntk.nc.",
         formatter_class=raw,
         epilog=_examples("""
-            dynloss ntk runs/demo/demo.nc --k 3
-            dynloss ntk runs/demo/demo.nc --steps 30000 40000 --full
+            dynloss ntk runs/demo/demo.nc --k 1 --steps 0:28000:4000
+            dynloss ntk runs/demo/demo.nc --steps 20000 28000 --full --overwrite
             dynloss ntk runs/big.nc --full --subset 100
         """),
     )

@@ -400,7 +400,8 @@ def sweep(
       ``final_loss, final_static_loss, final_train_accuracy, final_val_loss,
       final_val_accuracy`` (NaN for diverged runs), ``diverged`` (bool),
       ``diverged_at_step`` (-1 if not) and the per-step summaries ``loss, static_loss,
-      train_accuracy, val_loss, val_accuracy, grad_norm`` on the extra dim ``summary_step``.
+      train_accuracy, val_loss, val_accuracy, grad_norm`` on the extra dim ``summary_step``
+      (``summary_loss`` where ``loss`` is a grid key, and so on: see :func:`summary_name`).
       Attrs: ``base_config`` (JSON), ``grid`` (JSON), ``command``, ``summary_every``,
       ``batch_size``, ``lanes``, ``dynloss_version``.
     """
@@ -623,12 +624,12 @@ def _assemble(
     for name, var in merged.data_vars.items():
         values = var.values.reshape(*shape, *var.shape[1:])
         extra = [SUMMARY_STEP] if SUMMARY_STEP in var.dims else []
-        data[name] = ([*dims, *extra], values)
+        data[summary_name(name, grid)] = ([*dims, *extra], values)
     ds = xr.Dataset(data, coords={**coords, SUMMARY_STEP: steps}, attrs=attrs)
     for name in FINAL_VARIABLES:
         ds[name].attrs = {"long_name": _FINAL_ATTRS[name], "units": "1"}
     for name in SUMMARY_VARIABLES:
-        ds[name].attrs = {
+        ds[summary_name(name, grid)].attrs = {
             "long_name": STEP_VARIABLES[name][1] + " (at summary steps)",
             "units": "1",
         }
@@ -639,6 +640,12 @@ def _assemble(
         ds[WIDTH].attrs = {"long_name": "hidden layer width (hidden_widths=(width,))"}
     ds.attrs["dtype"] = first.dtype
     return ds
+
+
+def summary_name(name: str, grid: Mapping[str, Any]) -> str:
+    """The sweep variable of the per-step summary ``name``: ``name``, or ``summary_<name>``
+    where a grid key has that name (a sweep over ``loss`` has the coordinate ``loss``)."""
+    return f"summary_{name}" if name in grid else name
 
 
 def _coordinate(values: list) -> np.ndarray:

@@ -194,6 +194,14 @@ def test_fit_and_plots(lr_runs, tmp_path, capsys):
 
     fit = json.loads(fit_json.read_text())
     assert -1.3 < fit["exponent"] < -0.7  # λ_th ∝ 1/η: the edge of stability
+    # A glob of the folder also matches the runs' post-hoc results (RUN.<kind>.nc): skipped.
+    assert main(["detect", str(lr_runs[0])]) == 0
+    everything = sorted(map(str, lr_runs[0].parent.glob("*.nc")))
+    assert len(everything) > len(lr_runs)
+    again = tmp_path / "again.json"
+    assert main(["fit", *everything, "--output", str(again), "--bootstrap", "50"]) == 0
+    assert "skipping" in capsys.readouterr().err
+    assert json.loads(again.read_text())["exponent"] == fit["exponent"]
     for kind in ("run", "projection", "density", "section"):
         png = tmp_path / f"{kind}.png"
         assert main(["plot", kind, str(lr_runs[0]), "--step", "2500", "--output", str(png)]) == 0

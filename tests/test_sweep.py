@@ -358,6 +358,16 @@ def test_figures():
     assert "--" in styles and "-" in styles
 
 
+def test_sweep_over_loss_and_width_assembles_and_plots():
+    # The 2025 width study sweeps `loss`: the coordinate takes the name, the summary moves.
+    ds = sweep(BASE, {"width": [4, 8], "loss": ["ce", "dce"], "seed": [0, 1]})
+    assert ds["loss"].values.tolist() == ["ce", "dce"]
+    assert ds["summary_loss"].dims == ("width", "loss", "seed", "summary_step")
+    assert "static_loss" in ds and "summary_static_loss" not in ds
+    fig = plot_width(ds)
+    assert isinstance(fig, Figure)
+
+
 def test_shipped_sweep_reproduces_phase_example():
     path = ROOT / "data" / "sweep_laptop.nc"
     assert path.stat().st_size < 1_000_000
