@@ -502,7 +502,12 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 def _without_results(paths: Sequence[str]) -> list[str]:
     """``paths`` without the post-hoc result files (``RUN.<kind>.nc``) of runs among them,
     which a glob such as ``runs/lr/*.nc`` also matches; says what it skips."""
-    results = {Path(sibling).resolve() for path in paths for sibling in sibling_files(Path(path))}
+    results = set()
+    for path in paths:
+        try:
+            results.update(Path(sibling).resolve() for sibling in sibling_files(Path(path)))
+        except (OSError, ValueError):  # not a readable run: open_run says so, clearly
+            continue
     kept = [path for path in paths if Path(path).resolve() not in results]
     if len(kept) < len(paths):
         print(

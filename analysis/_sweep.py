@@ -506,7 +506,7 @@ def _existing_output(path: Path, attrs: dict[str, Any], overwrite: bool) -> xr.D
     except (OSError, ValueError, RuntimeError):
         existing = None
     if existing is not None and all(
-        str(existing.attrs.get(k)) == str(attrs[k]) for k in SAME_SWEEP_ATTRS
+        _same_attr(k, existing.attrs.get(k), attrs[k]) for k in SAME_SWEEP_ATTRS
     ):
         return existing
     if overwrite:
@@ -517,6 +517,17 @@ def _existing_output(path: Path, attrs: dict[str, Any], overwrite: bool) -> xr.D
         "another path, delete it, or pass overwrite=True (--overwrite on the command line) "
         "to replace it."
     )
+
+
+def _same_attr(name: str, stored: Any, wanted: Any) -> bool:
+    """Whether an existing output's attribute ``name`` says the same as this sweep's: the base
+    configuration compared as a configuration (JSON text may differ, "1" against "1.0")."""
+    if name == "base_config":
+        try:
+            return TrainConfig.from_json(str(stored)) == TrainConfig.from_json(str(wanted))
+        except (TypeError, ValueError, KeyError):
+            return False
+    return str(stored) == str(wanted)
 
 
 def _writes_files(batch: _Batch) -> bool:

@@ -319,7 +319,11 @@ def stability_factors(
         dtype = eigenvalues.dtype if jnp.issubdtype(eigenvalues.dtype, jnp.floating) else float
         magnitude = jnp.where(jnp.isfinite(eigenvalues), jnp.abs(eigenvalues), 0)
         size = eigenvalues.shape[-1] if eigenvalues.ndim else 1
-        largest = jnp.max(magnitude, axis=-1, keepdims=True) if eigenvalues.ndim else magnitude
+        largest = (
+            jnp.max(magnitude, axis=-1, keepdims=True, initial=0.0)
+            if eigenvalues.ndim
+            else magnitude
+        )
         zero_tolerance = size * jnp.finfo(dtype).eps * largest
     # Regimes from eta * lambda against 0, N and 2N (exact for N < 2**24): the factor's own
     # division is not correctly rounded on GPUs (600 / 300 gave a factor just above -1 on an

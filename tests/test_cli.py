@@ -214,6 +214,8 @@ def test_fit_and_plots(lr_runs, tmp_path, capsys):
     assert png.stat().st_size > 5000
     assert main(["plot", "run", *map(str, lr_runs)]) == 2
     assert "takes one run file" in capsys.readouterr().err
+    assert main(["fit", str(tmp_path / "nope.nc")]) == 2
+    assert "run file '" in capsys.readouterr().err  # open_run's message, not xarray's
 
 
 @pytest.mark.parametrize(

@@ -122,3 +122,13 @@ def test_toml_paths_with_an_equals_sign_are_files(tmp_path):
         TrainConfig.from_toml(tmp_path / "missing=1.toml")
     with pytest.raises(ValueError, match="the TOML config text is not valid TOML"):
         TrainConfig.from_toml("steps = 10\nnot toml\n")
+
+
+def test_zero_dimensional_arrays_are_numbers():
+    import jax.numpy as jnp
+
+    config = TrainConfig(b_std=np.array(0.1), learning_rate=jnp.float32(0.5))
+    assert config.b_std == 0.1 and config.learning_rate == 0.5
+    assert TrainConfig.from_json(config.to_json()) == config
+    with pytest.raises(ValueError, match="b_std must be a number or None"):
+        TrainConfig(b_std=np.array([0.1]))

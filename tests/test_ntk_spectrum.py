@@ -190,6 +190,10 @@ def test_stability_zero_modes_of_a_psd_kernel_are_not_growing():
     assert int(regimes[-1]) == GROWING
 
 
+def test_stability_factors_of_an_empty_spectrum():
+    assert stability_factors(jnp.zeros((2, 0)), 1.0, 3).regime.shape == (2, 0)
+
+
 def test_stability_factors_accept_traced_learning_rates():
     rates = jnp.array([0.5, 1.0, 2.0])
     factors = jax.jit(jax.vmap(lambda eta: stability_factors(jnp.array([2.0]), eta, 2).factors))

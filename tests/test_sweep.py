@@ -241,6 +241,19 @@ def test_existing_output_gets_the_requested_run_files(tmp_path):
     assert other.sizes["seed"] == 1
 
 
+def test_existing_output_written_with_other_number_formatting_is_the_same_sweep(tmp_path):
+    # Outputs written before TrainConfig stored every float field as a float hold "period": 20
+    # where today's hold 20.0: the same configuration, so the output is kept.
+    out = tmp_path / "s.nc"
+    first = sweep(BASE, {"seed": [0]}, output=out, summary_every=20, command="test")
+    stored = json.loads(first.attrs["base_config"])
+    stored["period"] = int(stored["period"])
+    old = first.assign_attrs(base_config=json.dumps(stored, sort_keys=True))
+    old.to_netcdf(out)
+    again = sweep(BASE, {"seed": [0]}, output=out, summary_every=20, command="test")
+    assert again.attrs["base_config"] == old.attrs["base_config"]  # the file, left as it is
+
+
 def test_stop_last_period():
     configs = expand(BASE, {"period": [10.0, 20.0]}, stop_last_period=True)
     assert [c.stop_after for c in configs] == [50, 40]

@@ -129,7 +129,7 @@ class TrainConfig:
             optional = name in OPTIONAL_FIELDS
             if optional and value is None:
                 continue
-            if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+            if not _is_real(value):
                 suffix = " or None" if optional else ""
                 raise ValueError(f"{name} must be a number{suffix} (got {value!r}).")
             object.__setattr__(self, name, float(value))
@@ -199,6 +199,20 @@ def _is_file(source: str) -> bool:
         return Path(source).is_file()
     except (OSError, ValueError):  # too long for a file name, or a NUL character: text
         return False
+
+
+def _is_real(value: Any) -> bool:
+    """A real number: Python's, NumPy's or a 0-d real array (a JAX scalar), not a bool."""
+    if isinstance(value, bool | np.bool_):
+        return False
+    if isinstance(value, numbers.Real):
+        return True
+    dtype = getattr(value, "dtype", None)
+    return (
+        dtype is not None
+        and np.ndim(value) == 0
+        and (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating))
+    )
 
 
 def _is_integer(value: Any) -> bool:
