@@ -6,9 +6,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from curvature._checks import is_integer, positive_int
 from curvature._hessian import LossFn, PyTree, hessian_operator
 from curvature._lanczos import REORTHO, lanczos
 from curvature._precision import full_precision
@@ -97,17 +97,8 @@ def spectral_density(
     """
     flat, _ = ravel_pytree(params)
     p = flat.shape[0]
-    if (
-        isinstance(num_probes, bool)
-        or not isinstance(num_probes, int | np.integer)
-        or num_probes < 1
-    ):
-        raise ValueError(f"num_probes must be a positive integer (got {num_probes!r}).")
-    if (
-        isinstance(num_matvecs, bool)
-        or not isinstance(num_matvecs, int | np.integer)
-        or not 1 <= num_matvecs <= p
-    ):
+    num_probes = positive_int("num_probes", num_probes)
+    if not is_integer(num_matvecs) or not 1 <= num_matvecs <= p:
         raise ValueError(
             f"num_matvecs must be an integer with 1 <= num_matvecs <= P = {p}, the number of "
             f"parameters (got {num_matvecs!r})."
@@ -117,15 +108,11 @@ def spectral_density(
             f"reortho must be 'full' (full reorthogonalisation) or 'none' (plain three-term "
             f"recurrence) (got {reortho!r})."
         )
-    if grid is None and (
-        isinstance(num_points, bool)
-        or not isinstance(num_points, int | np.integer)
-        or num_points < 2
-    ):
+    if grid is None and (not is_integer(num_points) or num_points < 2):
         raise ValueError(f"num_points must be an integer >= 2 (got {num_points!r}).")
     if sigma is not None and not sigma > 0:
         raise ValueError(f"sigma must be > 0 (got {sigma!r}).")
-    num_probes, num_matvecs = int(num_probes), int(num_matvecs)
+    num_matvecs = int(num_matvecs)
     key = jax.random.key(0) if key is None else key
     op = hessian_operator(loss_fn, params)
     algorithm = lanczos(num_matvecs, reortho=reortho)

@@ -12,9 +12,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from curvature._checks import positive_int
 from curvature._precision import full_precision
 
 PyTree = Any
@@ -174,12 +174,7 @@ def hessian_exact(
         Array of shape (P, P) in the dtype of the flat parameters, rows and columns in the
         order of ``ravel_pytree(params)``.
     """
-    if (
-        isinstance(chunk_size, bool)
-        or not isinstance(chunk_size, int | np.integer)
-        or chunk_size < 1
-    ):
-        raise ValueError(f"chunk_size must be a positive integer (got {chunk_size!r}).")
+    positive_int("chunk_size", chunk_size)
     flat, _ = ravel_pytree(params)
     p = flat.shape[0]
     _check_budget(p, flat.dtype.itemsize, max_bytes)

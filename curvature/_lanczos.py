@@ -7,9 +7,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from curvature._checks import is_integer, positive_int
 from curvature._hessian import Eigen, FlatOperator, LossFn, PyTree, hessian_operator
 from curvature._precision import full_precision
 
@@ -31,7 +31,7 @@ def default_num_matvecs(k: int, p: int) -> int:
 
 def check_k(k: object, p: int) -> None:
     """Reject a number of eigenpairs outside 1..P with a message naming both."""
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1 or k > p:
+    if not is_integer(k) or not 1 <= k <= p:
         raise ValueError(
             f"k must be an integer with 1 <= k <= P = {p}, the number of parameters (got {k!r})."
         )
@@ -48,7 +48,7 @@ def check_which(which: object) -> None:
 
 def check_num_matvecs(num_matvecs: object, k: int, p: int) -> None:
     """Reject a Krylov depth that cannot hold k Ritz pairs or exceeds P."""
-    if isinstance(num_matvecs, bool) or not isinstance(num_matvecs, int | np.integer):
+    if not is_integer(num_matvecs):
         raise ValueError(f"num_matvecs must be an integer (got {num_matvecs!r}).")
     if num_matvecs < k or num_matvecs > p:
         raise ValueError(
@@ -109,13 +109,7 @@ def lanczos(num_matvecs: int, *, reortho: str = "full") -> Callable[..., Krylov]
             f"reortho must be 'full' (full reorthogonalisation) or 'none' (plain three-term "
             f"recurrence) (got {reortho!r})."
         )
-    if (
-        isinstance(num_matvecs, bool)
-        or not isinstance(num_matvecs, int | np.integer)
-        or num_matvecs < 1
-    ):
-        raise ValueError(f"num_matvecs must be a positive integer (got {num_matvecs!r}).")
-    m = int(num_matvecs)
+    m = positive_int("num_matvecs", num_matvecs)
 
     def algorithm(matvec: Callable[[jax.Array], jax.Array], v0: jax.Array) -> Krylov:
         (p,) = v0.shape

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from curvature._checks import is_integer, positive_int
 from curvature._precision import full_precision
 
 PyTree = Any
@@ -92,13 +93,13 @@ def output_shape(apply_fn: ApplyFn, params: PyTree, x: jax.Array) -> tuple[int, 
 
 def _normalise_axes(axes: object, name: str, allowed: Sequence[int]) -> tuple[int, ...]:
     """Map output axes of the (N, C) outputs to {0, 1}; reject anything else."""
-    if isinstance(axes, int) and not isinstance(axes, bool):
+    if is_integer(axes):
         axes = (axes,)
     if not isinstance(axes, (tuple, list)):
         raise ValueError(f"{name} must be a tuple of output axes (got {axes!r})")
     out = []
     for ax in axes:
-        if isinstance(ax, bool) or not isinstance(ax, (int, np.integer)) or not -2 <= ax <= 1:
+        if not is_integer(ax) or not -2 <= ax <= 1:
             raise ValueError(
                 f"{name} entries must be axes of the (N, C) outputs, i.e. 0, 1, -1 or -2 "
                 f"(got {axes!r})"
@@ -117,11 +118,7 @@ def _normalise_axes(axes: object, name: str, allowed: Sequence[int]) -> tuple[in
 def _check_batch_size(batch_size: object) -> int | None:
     if batch_size is None:
         return None
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
-        raise ValueError(f"batch_size must be a positive integer or None (got {batch_size!r})")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer or None (got {batch_size})")
-    return int(batch_size)
+    return positive_int("batch_size", batch_size, " or None")
 
 
 def resolve_implementation(

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental.sparse.linalg import lobpcg_standard
 
+from curvature._checks import is_integer, positive_int
 from curvature._lanczos import lanczos
 from curvature._ntk import ApplyFn, ntk_matrix, ntk_operator, output_shape
 from curvature._precision import full_precision
@@ -114,8 +115,8 @@ def ntk_spectrum(kernel: jax.Array, *, eigenvectors: bool = False) -> NTKSpectru
 
 
 def _check_k(k: object, dim: int, method: str) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise ValueError(f"k must be a positive integer (got {k!r})")
+    if not is_integer(k):
+        raise ValueError(f"k must be a positive integer (got {k!r}).")
     upper = (dim - 1) // 5 if method == "lobpcg" else dim
     if not 1 <= k <= upper:
         extra = " (LOBPCG needs 5*k < N*C)" if method == "lobpcg" else ""
@@ -134,7 +135,7 @@ def _check_iterations(num_iterations: object, k: int, dim: int, method: str) -> 
     if num_iterations is None:
         return
     low, high = (k, dim) if method == "lanczos" else (1, None)
-    bad = isinstance(num_iterations, bool) or not isinstance(num_iterations, (int, np.integer))
+    bad = not is_integer(num_iterations)
     if bad or num_iterations < low or (high is not None and num_iterations > high):
         allowed = f"[{low}, {high}] (k to N*C)" if high is not None else ">= 1"
         raise ValueError(
@@ -301,15 +302,11 @@ def stability_factors(
             raise ValueError(f"learning_rate must be > 0 (got {float(lr)})")
         if lr.ndim > 0 and not np.all(lr > 0):
             raise ValueError(f"learning_rate must be > 0 (got {lr})")
-    if (
-        isinstance(num_samples, bool)
-        or not isinstance(num_samples, (int, np.integer))
-        or num_samples < 1
-    ):
-        raise ValueError(
-            "num_samples must be a positive integer, the number of training samples N "
-            f"(300 for the spiral, not N*C) (got {num_samples!r})"
-        )
+    positive_int(
+        "num_samples",
+        num_samples,
+        ", the number of training samples N (300 for the spiral, not N*C)",
+    )
     if zero_tolerance is not None and not (
         isinstance(zero_tolerance, jax.core.Tracer) or float(zero_tolerance) >= 0
     ):

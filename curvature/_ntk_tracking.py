@@ -15,9 +15,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.experimental.sparse.linalg import lobpcg_standard
 
+from curvature._checks import positive_int
 from curvature._ntk import ApplyFn, ntk_operator, output_shape
 from curvature._precision import full_precision
 
@@ -60,12 +60,6 @@ class NTKTracker(NamedTuple):
     update: Callable[..., tuple[NTKTrack, NTKTrackerState]]
 
 
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer (got {value!r})")
-    return int(value)
-
-
 def _solve(
     matvec: Callable[[jax.Array], jax.Array], block: jax.Array, iterations: int
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -97,9 +91,9 @@ def ntk_tracker(
         :class:`NTKTracker`. ``update`` returns :class:`NTKTrack` (eigenvalues (k,) descending,
         residuals (k,), restarted) and the new :class:`NTKTrackerState`.
     """
-    k = _positive_int(k, "k")
-    num_iterations = _positive_int(num_iterations, "num_iterations")
-    cold_iterations = _positive_int(cold_iterations, "cold_iterations")
+    k = positive_int("k", k)
+    num_iterations = positive_int("num_iterations", num_iterations)
+    cold_iterations = positive_int("cold_iterations", cold_iterations)
     if not restart_tol > 0:
         raise ValueError(f"restart_tol must be > 0 (got {restart_tol!r})")
 

@@ -11,6 +11,7 @@ import numpy as np
 import xarray as xr
 from jax.flatten_util import ravel_pytree
 
+from curvature._checks import is_integer, positive_int
 from curvature._hessian import LossFn, PyTree
 from curvature._precision import full_precision
 
@@ -75,19 +76,11 @@ def landscape_section(
     num_a, num_b = _pair(num_points, "num_points")
     if not (ext_a > 0 and ext_b > 0):
         raise ValueError(f"extent must be > 0 (got {extent!r}).")
-    if not all(
-        isinstance(n, int | np.integer) and not isinstance(n, bool) and n >= 2
-        for n in (num_a, num_b)
-    ):
+    if not all(is_integer(n) and n >= 2 for n in (num_a, num_b)):
         raise ValueError(
             f"num_points must be an integer >= 2 or a pair of them (got {num_points!r})."
         )
-    if (
-        isinstance(chunk_size, bool)
-        or not isinstance(chunk_size, int | np.integer)
-        or chunk_size < 1
-    ):
-        raise ValueError(f"chunk_size must be a positive integer (got {chunk_size!r}).")
+    positive_int("chunk_size", chunk_size)
     n1 = jnp.linalg.norm(u1)
     u1 = u1 / n1
     u2 = u2 - (u2 @ u1) * u1

@@ -13,10 +13,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.experimental.sparse.linalg import lobpcg_standard
 from jax.flatten_util import ravel_pytree
 
+from curvature._checks import is_integer, positive_int
 from curvature._hessian import Eigen, FlatOperator, LossFn, PyTree, hessian_operator
 from curvature._lanczos import (
     canonical_signs,
@@ -142,15 +142,9 @@ def hessian_tracker(
         raise ValueError(
             f"method must be one of {', '.join(repr(m) for m in METHODS)} (got {method!r})."
         )
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise ValueError(f"k must be a positive integer (got {k!r}).")
-    k = int(k)
+    k = positive_int("k", k)
     min_iterations = {"block": 0, "jax_lobpcg": 1, "lanczos": k}[method]
-    if (
-        isinstance(num_iterations, bool)
-        or not isinstance(num_iterations, int | np.integer)
-        or num_iterations < min_iterations
-    ):
+    if not is_integer(num_iterations) or num_iterations < min_iterations:
         raise ValueError(
             f"num_iterations must be an integer >= {min_iterations} for method {method!r} "
             f"(got {num_iterations!r})."
