@@ -524,7 +524,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from analysis._plots import plot_threshold_scaling
     from analysis._scaling import collect_thresholds, fit_threshold_scaling
 
-    runs = [open_run(path) for path in _without_results(args.runs)]
+    paths = _without_results(args.runs)
+    runs = [open_run(path) for path in paths]
     options = _detect_options(args)
     method = options.pop("method")
     points = collect_thresholds(runs, method=method, **options)
@@ -546,7 +547,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
                     f"{fit.r2:.3f}",
                     f"{fit.eos_ratio:.3f}",
                     str(len(points.thresholds)),
-                    str(len(args.runs)),
+                    str(len(paths)),
                 ]
             ],
             ["exponent α", "95% CI", "prefactor c", "R²", "λ_th/limit", "points", "runs"],
@@ -561,7 +562,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     record = {
         **{k: float(v) for k, v in fit._asdict().items()},
         "method": method,
-        "runs": [str(p) for p in args.runs],
+        "runs": [str(p) for p in paths],
         "learning_rates": np.asarray(points.learning_rates).tolist(),
         "thresholds": np.asarray(points.thresholds).tolist(),
     }
@@ -574,7 +575,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             fit,
             optimizer=points.optimizer,
             momentum=points.momentum,
-            groups=points.groups,
+            groups=[Path(paths[g]).name for g in points.groups],
         )
         fig.savefig(args.figure, dpi=110)
         print(f"wrote {args.figure}")

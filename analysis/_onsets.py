@@ -518,11 +518,12 @@ def detect_onsets(
         A Dataset with dim `onset` (and `eigen_index`, `doubling`) holding `onset_step`,
         `end_step`, `period_index` (int64, −1 if unknown), `lambda_at_onset` and
         `lambda_at_end` ((onset, eigen_index) when the run has `hessian_eigenvalues`, else
-        (onset,) all NaN), `learning_rate_at_onset` (from `learning_rate(step)` or the config,
-        else NaN), `branches`, `aperiodic_steps` (steps of the episode labelled aperiodic),
-        `doubling_step` and `doubling_trigger` ((onset, doubling), −1 where not reached or
-        unknown). Attributes record the method, variable, parameters, optimizer and momentum
-        (from the config; gd if absent) and the run's config.
+        (onset,) all NaN), `learning_rate_at_onset` and `learning_rate_at_end` (from
+        `learning_rate(step)` or the config, else NaN), `branches`, `aperiodic_steps` (steps
+        of the episode labelled aperiodic), `doubling_step` and `doubling_trigger` ((onset,
+        doubling), −1 where not reached or unknown). Attributes record the method, variable,
+        parameters, optimizer and momentum (from the config; gd if absent) and the run's
+        config.
 
     Raises:
         TypeError: if `run` is not an xarray Dataset.
@@ -691,12 +692,14 @@ def detect_onsets(
     data["doubling_trigger"] = ((ONSET, DOUBLING), trigger)
 
     if "learning_rate" in run.data_vars and run["learning_rate"].dims == (STEP,):
-        eta = _forward_fill(np.asarray(run["learning_rate"].values, dtype=float))[start]
+        recorded = _forward_fill(np.asarray(run["learning_rate"].values, dtype=float))
+        eta, eta_end = recorded[start], recorded[end]
     elif "learning_rate" in config:
-        eta = np.full(count, float(config["learning_rate"]))
+        eta = eta_end = np.full(count, float(config["learning_rate"]))
     else:
-        eta = np.full(count, np.nan)
+        eta = eta_end = np.full(count, np.nan)
     data["learning_rate_at_onset"] = ((ONSET,), eta)
+    data["learning_rate_at_end"] = ((ONSET,), eta_end)
 
     parameters = {
         "window": window,
@@ -732,4 +735,6 @@ def detect_onsets(
     )
     result["lambda_at_onset"].attrs["long_name"] = "Hessian eigenvalues at the onset step"
     result["lambda_at_end"].attrs["long_name"] = "Hessian eigenvalues at the end step"
+    result["learning_rate_at_onset"].attrs["long_name"] = "learning rate at the onset step"
+    result["learning_rate_at_end"].attrs["long_name"] = "learning rate at the end step"
     return result

@@ -135,8 +135,7 @@ def plot_phase_diagram(
     ax.set_yticks(range(mean.shape[0]), [f"{v:g}" if _num(v) else str(v) for v in phase[y].values])
     ax.set_xlabel(x)
     ax.set_ylabel(y)
-    n = phase.sel({STAT: "n"}).values
-    ax.set_title(f"{phase.name}: mean over {int(np.nanmax(n)) if n.size else 0} seeds")
+    ax.set_title(f"{phase.name}: mean over {_seed_count(phase.sel({STAT: 'n'}).values)}")
     if annotate:
         lo, hi = np.nanmin(mean), np.nanmax(mean)
         for (i, j), m in np.ndenumerate(mean):
@@ -147,6 +146,17 @@ def plot_phase_diagram(
             )
     fig.tight_layout()
     return fig
+
+
+def _seed_count(n: np.ndarray) -> str:
+    """ "3 seeds", or "1–3 seeds per cell" where diverged runs left some cells fewer."""
+    counts = n[np.isfinite(n) & (n > 0)].astype(int)
+    if counts.size == 0:
+        return "0 seeds"
+    low, high = int(counts.min()), int(counts.max())
+    if low == high:
+        return f"{high} seed" + ("s" if high != 1 else "")
+    return f"{low}–{high} seeds per cell"
 
 
 def _num(value: object) -> bool:

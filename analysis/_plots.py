@@ -35,6 +35,8 @@ NTK_EIGEN_INDEX = "ntk_eigen_index"
 
 _ONSET_COLOR = "tab:green"
 _END_COLOR = "tab:red"
+#: Groups named one by one in the legend of `plot_threshold_scaling`; more share one entry.
+MAX_GROUP_LEGEND = 10
 
 
 def _envelope(
@@ -361,7 +363,8 @@ def plot_threshold_scaling(
         learning_rates, thresholds: the points (as passed to `fit_threshold_scaling`).
         fit: the `ScalingFit`; its line c·η^α is drawn with α and its CI in the legend.
         optimizer, momentum: which stability limit to draw (2/η for gd, SCIENCE.md).
-        groups: optional run label per point; points of one group share a colour.
+        groups: optional run label per point; points of one group share a colour, and up to
+            `MAX_GROUP_LEGEND` (10) groups are named in the legend.
 
     Returns:
         The Figure (one axes, titled "Threshold scaling").
@@ -386,7 +389,19 @@ def plot_threshold_scaling(
             raise ValueError(
                 f"groups must have one label per point (got {labels.size} for {eta.size})."
             )
-        ax.scatter(eta[keep], lam[keep], s=14, c=np.unique(labels, return_inverse=True)[1][keep])
+        names, index = np.unique(labels[keep], return_inverse=True)
+        if names.size <= MAX_GROUP_LEGEND:
+            for i, name in enumerate(names):
+                ax.scatter(eta[keep][index == i], lam[keep][index == i], s=14, label=str(name))
+        else:
+            ax.scatter(
+                eta[keep],
+                lam[keep],
+                s=14,
+                c=index,
+                cmap="tab20",
+                label=f"measured λ_th, {names.size} groups (one colour each)",
+            )
     grid = np.geomspace(eta[keep].min() / 1.2, eta[keep].max() * 1.2, 100)
     if fit is not None:
         ax.plot(

@@ -76,17 +76,18 @@ def threshold_samples(
             f"eigen_index must be one of the onsets' eigen_index values {available.tolist()} "
             f"(got {eigen_index!r})."
         )
-    eta = np.asarray(onsets["learning_rate_at_onset"].values, dtype=float)
-    parts = {
-        "onset": ("lambda_at_onset", "onset_step"),
-        "end": ("lambda_at_end", "end_step"),
-    }
     names = ["onset", "end"] if at == "both" else [at]
     values = [
-        np.asarray(onsets[parts[n][0]].sel({EIGEN_INDEX: eigen_index}).values, float) for n in names
+        np.asarray(onsets[f"lambda_at_{n}"].sel({EIGEN_INDEX: eigen_index}).values, float)
+        for n in names
     ]
-    steps = [np.asarray(onsets[parts[n][1]].values) for n in names]
-    return np.concatenate(values), np.concatenate(steps), np.tile(eta, len(names))
+    steps = [np.asarray(onsets[f"{n}_step"].values) for n in names]
+    # Onsets detected before learning_rate_at_end existed carry only the onset's η.
+    etas = [
+        np.asarray(onsets.get(f"learning_rate_at_{n}", onsets["learning_rate_at_onset"]), float)
+        for n in names
+    ]
+    return np.concatenate(values), np.concatenate(steps), np.concatenate(etas)
 
 
 def threshold(

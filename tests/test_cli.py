@@ -199,9 +199,30 @@ def test_fit_and_plots(lr_runs, tmp_path, capsys):
     everything = sorted(map(str, lr_runs[0].parent.glob("*.nc")))
     assert len(everything) > len(lr_runs)
     again = tmp_path / "again.json"
-    assert main(["fit", *everything, "--output", str(again), "--bootstrap", "50"]) == 0
-    assert "skipping" in capsys.readouterr().err
+    figure = tmp_path / "fit.png"
+    assert (
+        main(
+            [
+                "fit",
+                *everything,
+                "--output",
+                str(again),
+                "--bootstrap",
+                "50",
+                "--figure",
+                str(figure),
+            ]
+        )
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert "skipping" in captured.err
+    lines = captured.out.splitlines()
+    row = lines[lines.index(next(x for x in lines if "exponent α" in x)) + 2]
+    assert row.split()[-1] == str(len(lr_runs))  # the runs fitted, not the files given
     assert json.loads(again.read_text())["exponent"] == fit["exponent"]
+    assert sorted(json.loads(again.read_text())["runs"]) == sorted(map(str, lr_runs))
+    assert figure.stat().st_size > 5000
     for kind in ("run", "projection", "density", "section"):
         png = tmp_path / f"{kind}.png"
         assert main(["plot", kind, str(lr_runs[0]), "--step", "2500", "--output", str(png)]) == 0

@@ -149,6 +149,13 @@ def test_plot_threshold_scaling_and_spectral_density(tmp_path):
     assert any("α = -0.900" in label for label in ax.get_legend_handles_labels()[1])
     assert "2/η" in ax.get_legend_handles_labels()[1]
     save(fig, tmp_path, "scaling")
+    # Groups are named in the legend; beyond MAX_GROUP_LEGEND they share one entry.
+    fig = plot_threshold_scaling(etas, lam, fit, groups=["a.nc", "b.nc"] * 3)
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert {"a.nc", "b.nc"} <= set(labels)
+    fig = plot_threshold_scaling(etas.repeat(2), lam.repeat(2), fit, groups=np.arange(12))
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert "measured λ_th, 12 groups (one colour each)" in labels
     grid = np.linspace(-1, 10, 200)
     density = np.exp(-(grid**2)) + 1e-3 * np.exp(-((grid - 8) ** 2))
     fig = plot_spectral_density(grid, density, ritz_values=[0.0, 8.0], learning_rate=0.25)

@@ -355,7 +355,12 @@ def test_phase_diagram_refuses_ambiguous_dims():
 
 def test_figures():
     ds, _ = _fake_sweep()
-    assert isinstance(plot_phase_diagram(ds), Figure)
+    fig = plot_phase_diagram(ds)
+    assert isinstance(fig, Figure)
+    assert fig.axes[0].get_title().endswith("mean over 4 seeds")
+    ds["final_val_accuracy"].values[1, 2, 0] = np.nan  # one diverged run
+    title = plot_phase_diagram(ds).axes[0].get_title()
+    assert title.endswith("mean over 3–4 seeds per cell")
     width = xr.Dataset(
         {
             "final_val_accuracy": (

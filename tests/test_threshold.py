@@ -7,6 +7,7 @@ import pytest
 import xarray as xr
 
 from analysis import Threshold, detect_onsets, threshold
+from analysis._threshold import threshold_samples
 
 
 def burst_run(bursts, lam, *, config=None, n=3000):
@@ -85,6 +86,24 @@ def test_lambda_jump_defaults_to_start_and_finish_average():
     assert result.count == 2  # both marks, as in the 2021 paper
     # Both marks pair λ(799) = 1.799 with λ(800) = 2.0, and λ(999) = 1.799 with λ(1000) = 2.0.
     assert result.mean == pytest.approx(1.8995)
+
+
+def test_samples_pair_each_lambda_with_the_learning_rate_of_its_own_step():
+    # Under a learning-rate schedule the end of an instability can see another η than its
+    # onset: each λ sample carries the η recorded at its own step.
+    steps = np.arange(3000)
+    run = burst_run([(501, 600), (2001, 2200)], steps / 100.0)
+    run["learning_rate"] = ("step", 0.1 + steps / 1e4)
+    onsets = detect_onsets(run)
+    starts, ends = onsets.onset_step.values, onsets.end_step.values
+    _, at_steps, eta = threshold_samples(onsets, at="both")
+    np.testing.assert_array_equal(at_steps, np.concatenate([starts, ends]))
+    np.testing.assert_allclose(eta, 0.1 + at_steps / 1e4)
+    _, _, eta_end = threshold_samples(onsets, at="end")
+    np.testing.assert_allclose(eta_end, 0.1 + ends / 1e4)
+    # Onsets written before learning_rate_at_end existed fall back to the onset's η.
+    old = onsets.drop_vars("learning_rate_at_end")
+    np.testing.assert_allclose(threshold_samples(old, at="end")[2], 0.1 + starts / 1e4)
 
 
 def test_no_onsets_gives_nan_threshold():
