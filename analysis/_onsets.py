@@ -485,9 +485,12 @@ def detect_onsets(
     on, and everywhere for a constant schedule or amplitude 1), else one period per stretch of
     one class in focus in `gamma`, else −1.
 
-    λ at a step s (`lambda_at_onset`, `lambda_at_end`) is the mean of λ over steps s − 1 and s:
-    once the system alternates, λ evaluated on the two branches differs (by several percent
-    at the onset of a cascade), and their mean is the curvature of the orbit's centre.
+    λ at a step s (`lambda_at_onset`, `lambda_at_end`) is the mean of λ over steps s − 1 and s
+    for `"alternation"` and `"branches"`: once the system alternates, λ evaluated on the two
+    branches differs (by several percent at the onset of a cascade), and their mean is the
+    curvature of the orbit's centre. For `"lambda_jump"` it is λ at step s itself, as in the
+    paper (its marks are the steps where λ_max jumped; the two-step mean would move each mark
+    by half its jump).
 
     Sampling: one record per step is assumed (`step` 0, 1, 2, … without gaps; NaN losses break
     alternation). λ values at a step are the last tracked value at or before it, carried at
@@ -666,10 +669,14 @@ def detect_onsets(
         # thousands of steps before an onset says nothing about the curvature at it.
         filled = _forward_fill(lam, limit=_tracking_interval(lam))
         previous = np.vstack((filled[:1], filled[:-1]))
-        # Both branches: the mean of λ over steps s−1 and s (NaN-aware).
-        paired = np.where(
-            np.isfinite(previous) & np.isfinite(filled), 0.5 * (filled + previous), filled
-        )
+        if method == "lambda_jump":
+            # The paper's marks are steps where λ_max jumped: λ_max at those very steps.
+            paired = filled
+        else:
+            # Both branches: the mean of λ over steps s−1 and s (NaN-aware).
+            paired = np.where(
+                np.isfinite(previous) & np.isfinite(filled), 0.5 * (filled + previous), filled
+            )
         at_onset = paired[start] if count else np.empty((0, lam.shape[1]))
         at_end = paired[end] if count else np.empty((0, lam.shape[1]))
         data["lambda_at_onset"] = ((ONSET, EIGEN_INDEX), at_onset)

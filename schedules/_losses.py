@@ -13,7 +13,8 @@ authors' code and this project use the mean, and every threshold value refers to
 - ``dmse2`` (*project definition*): per-output weighting, each output coordinate weighted by its
   class factor, ``F = (1/(2N)) Σ_j Σ_k Γ_k (f_k(x_j) − δ_{k,y_j})²``.
 
-The dynamical losses with ``weights=None`` (or all ones) equal their static counterpart exactly.
+The dynamical losses with ``weights=None`` (or all ones) equal their static counterpart (as
+formulas; in floating point to rounding, since compiled code may sum in another order).
 The static losses take no weights: passing any is an error, so that a class-weighted loss is
 always asked for by its own name.
 """

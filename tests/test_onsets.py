@@ -222,9 +222,19 @@ def test_regression_threshold_is_two_over_eta_for_every_method(regression):
             assert int(onsets.branches[0]) == 2
             steps[method] = int(onsets.onset_step[0])
             onset_ratio = float(onsets.lambda_at_onset.sel(eigen_index=1)[0]) * eta / 2
-            assert 1.0 <= onset_ratio <= 1.025, (eta, method, onset_ratio)
-            # Averaging start and end (the 2021 recipe) cancels most of the delay.
             both = threshold(onsets, at="both").mean * eta / 2
+            if method == "lambda_jump":
+                # The paper's recipe: λ_max at the marked steps themselves, which lie on one
+                # of the two branches (up to 4 % apart at η = 2 here), so its average over
+                # start and end is off by up to half that spread.
+                lam = run.hessian_eigenvalues.sel(eigen_index=1)
+                assert onset_ratio == float(lam[steps[method]]) * eta / 2
+                assert abs(onset_ratio - 1.0) < 0.05, (eta, method, onset_ratio)
+                assert abs(both - 1.0) < 0.05, (eta, method, both)
+                continue
+            assert 1.0 <= onset_ratio <= 1.025, (eta, method, onset_ratio)
+            # The two-step mean (the centre of the branches) averaged over start and end
+            # cancels most of the delay.
             assert abs(both - 1.0) < 0.01, (eta, method, both)
         # The three methods agree on the onset within 1.5 % of the 10,000-step ramp.
         assert max(steps.values()) - min(steps.values()) <= 150, steps

@@ -84,8 +84,10 @@ def test_lambda_jump_defaults_to_start_and_finish_average():
     assert onsets.end_step.values.tolist() == [1000]
     result = threshold(onsets)
     assert result.count == 2  # both marks, as in the 2021 paper
-    # Both marks pair λ(799) = 1.799 with λ(800) = 2.0, and λ(999) = 1.799 with λ(1000) = 2.0.
-    assert result.mean == pytest.approx(1.8995)
+    # λ_max at the marks themselves, as in the paper (SCIENCE.md): λ(800) = λ(1000) = 2.0;
+    # the two-step mean of the other methods would give (1.799 + 2.0) / 2 at both.
+    np.testing.assert_allclose(result.values, [2.0, 2.0])
+    assert result.mean == pytest.approx(2.0)
 
 
 def test_samples_pair_each_lambda_with_the_learning_rate_of_its_own_step():

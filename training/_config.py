@@ -52,7 +52,10 @@ a Python float (int) so the config serialises to JSON and TOML. Optional ones ma
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a run. ``TrainConfig()`` is the 2021 spiral run (DCE, A=10, T=200).
+    """Everything that defines a run. ``TrainConfig()`` is the 2021 spiral run (DCE, A=10, T=200,
+    η=1, 35,000 steps), except that Γ oscillates to the last step (``stop_after=None``): the
+    paper's last period without oscillation is ``stop_after=steps - period`` (``stop_last_period``
+    in sweeps; the demo and ``examples/lr_study.py`` set it).
 
     Data: ``dataset`` ("spiral"), ``points_per_class``, ``num_classes``, ``noise``, ``data_seed``
     (the dataset is fixed across ``seed`` values unless ``data_seed`` changes).
