@@ -104,10 +104,10 @@ def check_grid(base: TrainConfig, grid: Mapping[str, Any]) -> dict[str, list]:
     fields = set(base.to_dict())
     out = {}
     for key, values in grid.items():
-        if key == "hidden_widths":
+        if key == "hidden_widths" and WIDTH in grid:
             raise ValueError(
-                "grid key 'hidden_widths' is not sweepable; sweep one hidden layer with "
-                "'width' (hidden_widths=(w,)) or run one sweep per architecture."
+                "grid keys 'width' and 'hidden_widths' set the same field; use 'width' for one "
+                "hidden layer (hidden_widths=(w,)) or 'hidden_widths' for whole architectures."
             )
         if key in (
             "output",
@@ -200,8 +200,15 @@ def expand(
     ]
 
 
+def _label(value: Any) -> str:
+    """A grid value as text: ``100x100`` for the architecture ``hidden_widths=[100, 100]``."""
+    if isinstance(value, list | tuple):
+        return "x".join(map(str, value))
+    return str(value)
+
+
 def _run_name(grid: dict[str, list], combo: tuple) -> str:
-    return "_".join(f"{k}={v}" for k, v in zip(grid, combo, strict=True)) + ".nc"
+    return "_".join(f"{k}={_label(v)}" for k, v in zip(grid, combo, strict=True)) + ".nc"
 
 
 def run_file_paths(grid: Mapping[str, list], folder: str | Path) -> list[Path]:
@@ -365,7 +372,10 @@ def sweep(
     Args:
       base_config: the fields every run shares (curvature tracking off, ``output`` None).
       grid: ``{field: [values, ...]}``; keys are ``TrainConfig`` field names, plus ``"width"``
-        for ``hidden_widths=(w,)``. Each key becomes a dimension with the values as given.
+        for ``hidden_widths=(w,)``. Each key becomes a dimension with the values as given
+        (``hidden_widths`` values, whole architectures such as ``[100, 100]``, as the strings
+        ``"100x100"``, also in run file names). The output, tracking and ``track_every``
+        fields cannot be swept (tracking is off in sweeps).
       output: write the Dataset there (netCDF); finished batches go to ``OUTPUT.parts/`` so an
         interrupted sweep re-run with the same arguments skips them. An existing ``output``
         of the same sweep (same base config, grid, summary interval and stop_last_period) is
@@ -649,6 +659,8 @@ def _assemble(
     ds[SUMMARY_STEP].attrs = {"long_name": "training step of the per-step summaries"}
     if WIDTH in ds.coords:
         ds[WIDTH].attrs = {"long_name": "hidden layer width (hidden_widths=(width,))"}
+    if "hidden_widths" in ds.coords:
+        ds["hidden_widths"].attrs = {"long_name": "hidden layer widths, input side first ('x')"}
     ds.attrs["dtype"] = first.dtype
     return ds
 
@@ -664,4 +676,6 @@ def _coordinate(values: list) -> np.ndarray:
         return np.asarray(values, dtype=object)
     if any(v is None for v in values):  # e.g. stop_after = [None, 30000] or batch_size
         return np.asarray(["none" if v is None else str(v) for v in values], dtype=object)
+    if any(isinstance(v, list | tuple) for v in values):  # hidden_widths: "100x100", "200"
+        return np.asarray([_label(v) for v in values], dtype=object)
     return np.asarray(values)

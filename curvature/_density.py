@@ -56,13 +56,22 @@ def broaden(
     return density / jnp.trapezoid(density, grid)
 
 
+DEFAULT_NUM_PROBES = 8
+"""Default number of probes of :func:`spectral_density`."""
+
+DENSITY_NUM_MATVECS = 80
+"""Default Lanczos depth of :func:`spectral_density` (capped at the number of parameters). With
+8 probes it puts the width-100 spiral MLP's density (P = 603) within 1% of the spectral range of
+the exact eigenvalue histogram in Wasserstein-1 distance (tests/test_density.py)."""
+
+
 @full_precision
 def spectral_density(
     loss_fn: LossFn,
     params: PyTree,
     *,
-    num_probes: int,
-    num_matvecs: int,
+    num_probes: int = DEFAULT_NUM_PROBES,
+    num_matvecs: int | None = None,
     grid: jax.Array | None = None,
     num_points: int = 1024,
     sigma: float | None = None,
@@ -81,8 +90,9 @@ def spectral_density(
     Args:
         loss_fn: scalar function of the parameters.
         params: parameter pytree (P entries).
-        num_probes: number of random probes (>= 1).
-        num_matvecs: Lanczos depth per probe, ``1 <= num_matvecs <= P``.
+        num_probes: number of random probes (>= 1; default 8).
+        num_matvecs: Lanczos depth per probe, ``1 <= num_matvecs <= P``; None (default) is
+            ``min(DENSITY_NUM_MATVECS, P)`` = ``min(80, P)``.
         grid: (num_points,) evaluation grid; default ``num_points`` points spanning the Ritz
             values extended by 5 sigma on both sides.
         num_points: grid size when ``grid`` is None.
@@ -98,6 +108,8 @@ def spectral_density(
     flat, _ = ravel_pytree(params)
     p = flat.shape[0]
     num_probes = positive_int("num_probes", num_probes)
+    if num_matvecs is None:
+        num_matvecs = min(DENSITY_NUM_MATVECS, p)
     if not is_integer(num_matvecs) or not 1 <= num_matvecs <= p:
         raise ValueError(
             f"num_matvecs must be an integer with 1 <= num_matvecs <= P = {p}, the number of "

@@ -13,10 +13,9 @@ from curvature import broaden, hessian_eigh, spectral_density
 def test_slq_matches_exact_distribution_on_mlp(x64):
     loss, (params,) = spiral_problem(100, jnp.float64, steps=(200,))
     exact = np.asarray(hessian_eigh(loss, params).eigenvalues)
-    dens = jax.jit(
-        lambda p: spectral_density(loss, p, num_probes=8, num_matvecs=60, key=jax.random.key(0))
-    )(params)
-    assert dens.ritz_values.shape == (8, 60) and dens.ritz_weights.shape == (8, 60)
+    # The defaults: 8 probes, min(80, P) Lanczos steps, key 0.
+    dens = jax.jit(lambda p: spectral_density(loss, p))(params)
+    assert dens.ritz_values.shape == (8, 80) and dens.ritz_weights.shape == (8, 80)
     np.testing.assert_allclose(np.sum(dens.ritz_weights, axis=1), 1.0, atol=1e-12)
     w1 = wasserstein_distance(
         np.ravel(dens.ritz_values), exact, u_weights=np.ravel(dens.ritz_weights)
@@ -38,6 +37,8 @@ def test_diagonal_density_and_rebroadening(x64):
     wide = broaden(dens.ritz_values, dens.ritz_weights, grid, 0.3)
     np.testing.assert_allclose(np.trapezoid(wide, grid), 1.0, atol=1e-12)
     assert float(grid[jnp.argmax(wide)]) == pytest.approx(-1.0, abs=0.05)
+    # The default depth is capped at P = 40.
+    assert spectral_density(loss, jnp.zeros(40)).ritz_values.shape == (8, 40)
 
 
 def test_low_rank_density_puts_all_mass_on_the_spectrum(x64):

@@ -281,7 +281,18 @@ def test_bad_stop_last_period(base, grid, value, message):
     [
         ({}, {}, ValueError, "grid must be a non-empty mapping"),
         ({"amplitud": [1.0]}, {}, ValueError, "grid key 'amplitud' is not a TrainConfig field"),
-        ({"hidden_widths": [[4]]}, {}, ValueError, "grid key 'hidden_widths' is not sweepable"),
+        (
+            {"width": [4], "hidden_widths": [[4]]},
+            {},
+            ValueError,
+            "grid keys 'width' and 'hidden_widths' set the same field",
+        ),
+        (
+            {"hidden_widths": [[4], 4]},
+            {},
+            ValueError,
+            r"grid\['hidden_widths'\] has values that give the same configuration",
+        ),
         ({"output": ["a"]}, {}, ValueError, "grid key 'output' cannot be swept"),
         ({"seed": 3}, {}, ValueError, r"grid\['seed'\] must be a list of values"),
         ({"seed": []}, {}, ValueError, r"grid\['seed'\] must hold at least one value"),
@@ -384,6 +395,26 @@ def test_sweep_over_loss_and_width_assembles_and_plots():
     assert "static_loss" in ds and "summary_static_loss" not in ds
     fig = plot_width(ds)
     assert isinstance(fig, Figure)
+
+
+def test_sweep_over_architectures(tmp_path):
+    # hidden_widths is a TrainConfig field, so a grid key: whole architectures, labelled
+    # "4x4" in the coordinate and in the run file names.
+    grid = {"hidden_widths": [[4, 4], [6]], "seed": [0]}
+    ds = sweep(BASE, grid, run_files=tmp_path, summary_every=20)
+    assert ds["hidden_widths"].values.tolist() == ["4x4", "6"]
+    assert sorted(p.name for p in tmp_path.glob("*.nc")) == [
+        "hidden_widths=4x4_seed=0.nc",
+        "hidden_widths=6_seed=0.nc",
+    ]
+    run = xr.load_dataset(tmp_path / "hidden_widths=4x4_seed=0.nc")
+    assert TrainConfig.from_json(run.attrs["config"]).hidden_widths == (4, 4)
+    alone = train(BASE.replace(hidden_widths=(4, 4), seed=0))
+    np.testing.assert_allclose(
+        ds["loss"].sel(hidden_widths="4x4", seed=0).values,
+        alone["loss"].sel(step=[0, 20, 40]).values,
+        rtol=1e-6,
+    )
 
 
 def test_shipped_sweep_reproduces_phase_example():
