@@ -36,6 +36,7 @@ width 100, 0.77 s against 1.56 s at width 1000 (XLA's batched matrix-vector prod
 there; the NTK's top-1 over 101 checkpoints: 1.8 s against 2.2 s at width 100, 4.0 s against
 4.9 s at width 1000); on a GPU larger batches may pay."""
 
+
 def _density_metric(
     num_probes: int,
     num_matvecs: int | None,
