@@ -322,6 +322,61 @@ def test_period_index_from_a_square_gamma():
     assert onsets.period_index.values.tolist() == [1, 4]
 
 
+def test_gamma_periods_change_exactly_at_the_period_boundaries():
+    # Square and triangle Γ with T = 400: the period of every step is floor(t / T).
+    from analysis._onsets import _gamma_periods
+
+    n, period = 2000, 400
+    t = np.arange(n)
+    phase = t % period
+    for g in (
+        np.where((phase >= 100) & (phase < 300), 5.0, 1.0),
+        np.where(phase <= period / 2, 1 + 8 * phase / period, 9 - 8 * phase / period),
+    ):
+        raw = np.ones((n, 3))
+        raw[t, (t // period) % 3] = g
+        periods = _gamma_periods(3 * raw / raw.sum(1, keepdims=True))
+        # (Steps after the last focused one read as stopped: square Γ's final quarter period.)
+        np.testing.assert_array_equal(periods[:1900], t[:1900] // 400)
+
+
+def test_chaotic_stretch_counts_as_aperiodic():
+    # Period-2 alternation over steps 1000-1499, then the logistic map at r = 3.9 (chaos).
+    n = 3000
+    t = np.arange(n)
+    loss = 1.0 + 0.1 * np.exp(-t / 2000)
+    two = (t >= 1000) & (t < 1500)
+    loss[two] += 0.01 * (-1.0) ** t[two]
+    x, chaos = 0.3, []
+    for _ in range(500):
+        x = 3.9 * x * (1 - x)
+        chaos.append(x)
+    loss[1500:2000] += 0.02 * (np.array(chaos) - 0.5)
+    onsets = detect_onsets(make_run(loss))
+    length = onsets.end_step.values - onsets.onset_step.values + 1
+    periodic, chaotic = onsets.branches.values == 2, onsets.branches.values == 0
+    assert periodic.sum() == 1 and chaotic.sum() >= 1
+    assert onsets.aperiodic_steps.values[periodic][0] < 0.1 * length[periodic][0]
+    np.testing.assert_array_equal(onsets.aperiodic_steps.values[chaotic], length[chaotic])
+
+
+def test_doubling_trigger_sees_both_branches_of_an_eigenvalue(logistic):
+    # λ_2 alternates around λ_th once the orbit has period 2: at the doubling to period 4 it is
+    # below λ_th on this step's branch and above on the previous one, so it counts (fmax).
+    r, xs = logistic
+    steps = np.arange(xs.size)
+    lam1 = 2.0 + 1e-6 * (steps - int(np.argmin(np.abs(r - 2.99))))
+    first = detect_onsets(make_run(xs, lam1[:, None]))
+    s2, s4 = first.doubling_step.sel(doubling=[2, 4]).values[0]
+    lam_th = float(first.lambda_at_onset[0, 0])
+    lam2 = np.where(
+        steps < (s2 + s4) // 2, lam_th - 1.0, lam_th + 0.05 * (-1.0) ** (steps - s4 + 1)
+    )
+    onsets = detect_onsets(make_run(xs, np.stack([lam1, lam2], axis=1)))
+    assert lam2[s4] < lam_th < lam2[s4 - 1]
+    assert onsets.doubling_trigger.sel(doubling=[2, 4]).values[0].tolist() == [1, 2]
+
+
 @pytest.mark.parametrize("every", [1, 34, 100])
 def test_lambda_jump_finds_jumps_at_any_tracking_interval(every):
     # λ alternates by 0.3 between tracked samples from step 1000 to 3000, flat elsewhere.
@@ -422,6 +477,7 @@ def test_result_layout_and_empty_result():
         "doubling_trigger",
     }
     assert expected <= set(onsets.data_vars)
+    assert onsets.attrs["optimizer"] == "nesterov" and onsets.attrs["momentum"] == 0.8
     assert onsets.lambda_at_onset.dims == ("onset", "eigen_index")
     assert onsets.eigen_index.values.tolist() == [1, 2]
     assert onsets.doubling.values.tolist() == [2, 4, 8, 16]

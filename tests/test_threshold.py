@@ -59,6 +59,25 @@ def test_threshold_is_mean_std_count_of_lambda_at_onsets():
     both = threshold(onsets, at="both")
     assert both.count == 6
     assert both.mean == pytest.approx((expected.sum() + ((ends - 0.5) / 100.0).sum()) / 6)
+    # Each period holds its own onset and end, whatever the order of the samples.
+    assert both.per_period["count"].values.tolist() == [2, 2, 2]
+    np.testing.assert_allclose(
+        both.per_period["mean"].values, (expected + (ends - 0.5) / 100.0) / 2
+    )
+
+
+def test_onsets_without_lambda_are_left_out():
+    # λ tracked only up to step 1000: the second onset has no λ sample, so it is not counted
+    # (a NaN would make the mean NaN).
+    steps = np.arange(3000)
+    lam = np.where(steps <= 1000, steps / 100.0, np.nan)
+    run = burst_run([(501, 600), (2001, 2200)], lam, config={"period": 1000})
+    onsets = detect_onsets(run)
+    assert onsets.sizes["onset"] == 2 and np.isnan(float(onsets.lambda_at_onset[1, 0]))
+    result = threshold(onsets)
+    assert result.count == 1
+    assert result.mean == pytest.approx((int(onsets.onset_step[0]) - 0.5) / 100.0)
+    assert result.per_period.period.values.tolist() == [0]
 
 
 def test_threshold_groups_several_onsets_of_one_period():
