@@ -12,7 +12,16 @@ from schedules._losses import (
     is_dynamical,
     mse,
 )
-from schedules._schedules import SHAPES, Schedule, constant, make_schedule, sine, square, triangle
+from schedules._schedules import (
+    SHAPES,
+    Schedule,
+    constant,
+    float_residual,
+    make_schedule,
+    sine,
+    square,
+    triangle,
+)
 
 __all__ = [
     "LOSSES",
@@ -25,6 +34,7 @@ __all__ = [
     "dce",
     "dmse1",
     "dmse2",
+    "float_residual",
     "get_loss",
     "is_dynamical",
     "make_schedule",

@@ -20,6 +20,13 @@ value has no concrete value to check).
 The result has the float dtype of ``period`` and ``amplitude`` when they are arrays (so a
 float32 run computes Γ in float32 whether or not 64-bit mode is on), else JAX's default float
 dtype.
+
+Precision: ``τ = t mod T`` is exact in floating point, so the only error is the period's own
+rounding, which grows with the number of periods: at step 700,000 with T = 5000/3 in float32
+it moved τ by 0.04 steps and Γ by up to 1e-3 (A = 70). The schedules therefore subtract
+``k·period_residual`` (``period_residual = T − float32(T)``, computed from a concrete period, or
+passed beside a traced float32 one as the trainer does), which brings that error to float32
+rounding of τ.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from typing import TypeAlias
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Schedule: TypeAlias = Callable[[jax.typing.ArrayLike], jax.Array]
 """A function ``step -> Γ`` returning an array of shape (num_classes,)."""
@@ -70,18 +78,21 @@ def _oscillating(
     period: object,
     amplitude: object,
     stop_after: object,
+    period_residual: object,
 ) -> Schedule:
     """Build a schedule from the raw factor ``raw(tau, period, amplitude)`` of the focus class."""
     num_classes = _check(num_classes, period, amplitude, stop_after)
 
     dtype = jnp.result_type(float, period, amplitude)
+    if period_residual is None:
+        period_residual = float_residual(period, dtype) if _is_concrete(period) else 0.0
 
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
         t = jnp.asarray(step, dtype)
         T = jnp.asarray(period, dtype)
         A = jnp.asarray(amplitude, dtype)
-        tau = jnp.mod(t, T)
-        focus = jnp.mod(jnp.floor(t / T), num_classes).astype(jnp.int32)
+        tau, k = _phase(t, T, jnp.asarray(period_residual, dtype))
+        focus = jnp.mod(k, num_classes).astype(jnp.int32)
         g = raw(tau, T, A)
         raw_factors = 1.0 + (g - 1.0) * jax.nn.one_hot(focus, num_classes, dtype=dtype)
         gamma = num_classes * raw_factors / jnp.sum(raw_factors)
@@ -90,6 +101,23 @@ def _oscillating(
         return gamma
 
     return schedule
+
+
+def float_residual(period: float, dtype: object) -> float:
+    """``period − dtype(period)``, the part of a period that ``dtype`` cannot hold, in float64."""
+    return float(np.float64(period) - np.float64(np.asarray(period, dtype)))
+
+
+def _phase(t: jax.Array, T: jax.Array, dT: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(τ, k)`` with ``t = k·(T + dT) + τ`` and ``0 <= τ < T``: ``mod`` is exact, so τ is
+    corrected by the k periods' share of the residual dT, then moved back into [0, T)."""
+    coarse = jnp.mod(t, T)
+    k = jnp.round((t - coarse) / T)
+    tau = coarse - k * dT
+    below, above = tau < 0, tau >= T
+    tau = jnp.where(below, tau + T, jnp.where(above, tau - T, tau))
+    k = jnp.where(below, k - 1, jnp.where(above, k + 1, k))
+    return tau, k
 
 
 def _triangle_raw(tau: jax.Array, T: jax.Array, A: jax.Array) -> jax.Array:
@@ -111,6 +139,7 @@ def triangle(
     amplitude: float | jax.Array,
     *,
     stop_after: int | jax.Array | None = None,
+    period_residual: float | jax.Array | None = None,
 ) -> Schedule:
     """Triangle oscillation of the 2021 paper: the focus class's factor goes 1 → A → 1 per period.
 
@@ -119,12 +148,14 @@ def triangle(
       period: steps T spent on each class (> 0).
       amplitude: peak raw factor A (>= 1; 1 gives the static loss).
       stop_after: from this step on Γ ≡ 1 (None: never stop).
+      period_residual: ``T − float32(T)`` beside a traced float32 period (see the module's
+        "Precision"); None: computed from a concrete period, 0 for a traced one.
 
     Returns:
       ``schedule(step) -> Γ`` of shape (C,), ``sum(Γ) == C``, with values in
       ``[C/(A+C−1), C·A/(A+C−1)]``.
     """
-    return _oscillating(_triangle_raw, num_classes, period, amplitude, stop_after)
+    return _oscillating(_triangle_raw, num_classes, period, amplitude, stop_after, period_residual)
 
 
 def sine(
@@ -133,9 +164,10 @@ def sine(
     amplitude: float | jax.Array,
     *,
     stop_after: int | jax.Array | None = None,
+    period_residual: float | jax.Array | None = None,
 ) -> Schedule:
     """Smooth oscillation ``g = 1 + (A−1) sin²(π τ/T)``; otherwise as :func:`triangle`."""
-    return _oscillating(_sine_raw, num_classes, period, amplitude, stop_after)
+    return _oscillating(_sine_raw, num_classes, period, amplitude, stop_after, period_residual)
 
 
 def square(
@@ -144,9 +176,10 @@ def square(
     amplitude: float | jax.Array,
     *,
     stop_after: int | jax.Array | None = None,
+    period_residual: float | jax.Array | None = None,
 ) -> Schedule:
     """Square oscillation: ``g = A`` on the middle half of each period, 1 elsewhere."""
-    return _oscillating(_square_raw, num_classes, period, amplitude, stop_after)
+    return _oscillating(_square_raw, num_classes, period, amplitude, stop_after, period_residual)
 
 
 def constant(num_classes: int) -> Schedule:
@@ -167,6 +200,7 @@ def make_schedule(
     amplitude: float | jax.Array,
     *,
     stop_after: int | jax.Array | None = None,
+    period_residual: float | jax.Array | None = None,
 ) -> Schedule:
     """Build the schedule named ``shape`` (one of :data:`SHAPES`)."""
     factories = {"triangle": triangle, "sine": sine, "square": square}
@@ -174,4 +208,6 @@ def make_schedule(
         return constant(num_classes)
     if shape not in factories:
         raise ValueError(f"schedule must be one of {SHAPES} (got {shape!r}).")
-    return factories[shape](num_classes, period, amplitude, stop_after=stop_after)
+    return factories[shape](
+        num_classes, period, amplitude, stop_after=stop_after, period_residual=period_residual
+    )

@@ -122,3 +122,49 @@ def test_numpy_numbers_are_accepted_like_python_numbers():
 def test_unknown_shape():
     with pytest.raises(ValueError, match="schedule must be one of"):
         make_schedule("sawtooth", 3, 200, 10.0)
+
+
+def _triangle_reference(t: int, T: float, A: float, C: int = 3) -> np.ndarray:
+    """Γ(t) in float64 NumPy, straight from SCIENCE.md."""
+    k = np.floor(t / T)
+    tau = t - k * T
+    m = 2 * (A - 1) / T
+    raw = np.ones(C)
+    raw[int(k) % C] = 1 + m * tau if tau <= T / 2 else 2 * A - m * tau - 1
+    return C * raw / raw.sum()
+
+
+@pytest.mark.parametrize("T", [5000 / 3, 5000 / 0.3, 5000 / 7])
+def test_float32_fractional_period_stays_in_phase_over_many_periods(T):
+    # The learning-rate study's T = 5000/η: float32(T) is off by up to 1e-3 steps, which k
+    # periods multiply; without period_residual Γ drifted by 1e-3 at A = 70 within 7e5 steps.
+    from training import TrainConfig
+    from training._trainer import hyper_of
+
+    A = 70.0
+    ts = np.unique(
+        np.concatenate(
+            [
+                np.arange(0, 700_001, 97),
+                np.floor(np.arange(1, 420) * T),
+                np.ceil(np.arange(1, 420) * T),
+            ]
+        ).astype(np.int64)
+    )
+    ts = ts[ts <= 2_000_000]
+    expected = np.array([_triangle_reference(int(t), T, A) for t in ts])
+    hyper = hyper_of(TrainConfig(period=T, amplitude=A), jnp.float32)
+    traced = jax.jit(
+        jax.vmap(
+            lambda t, p, a, r: triangle(3, p, a, period_residual=r)(t),
+            in_axes=(0, None, None, None),
+        )
+    )
+    for got in (
+        jax.vmap(triangle(3, T, A))(jnp.asarray(ts)),  # concrete period: residual computed
+        traced(jnp.asarray(ts), hyper.period, hyper.amplitude, hyper.period_residual),
+    ):
+        assert got.dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(got), expected, atol=3e-5)
+    without = traced(jnp.asarray(ts), hyper.period, hyper.amplitude, jnp.float32(0))
+    assert np.abs(np.asarray(without) - expected).max() > 3e-4  # the drift it removes

@@ -20,7 +20,15 @@ import optax
 import xarray as xr
 from jax.flatten_util import ravel_pytree
 
-from schedules import STATIC_OF, Schedule, constant, get_loss, is_dynamical, make_schedule
+from schedules import (
+    STATIC_OF,
+    Schedule,
+    constant,
+    float_residual,
+    get_loss,
+    is_dynamical,
+    make_schedule,
+)
 from training._config import TrainConfig
 from training._data import Data, spiral
 from training._diagnostics import hessian_metric, ntk_metric
@@ -56,8 +64,9 @@ class Hyper(NamedTuple):
     """The hyperparameters that may differ between runs executed together (``jax.vmap``).
 
     Arrays (scalars per run): ``amplitude``, ``period``, ``stop_after`` (``inf`` = never),
-    ``learning_rate``, ``momentum``. Everything else in a ``TrainConfig`` fixes shapes or code
-    paths and must be equal across a batch.
+    ``learning_rate``, ``momentum``, and ``period_residual``, the part of the period that the
+    run's dtype cannot hold (``T − float32(T)``; see ``schedules``, "Precision"). Everything else
+    in a ``TrainConfig`` fixes shapes or code paths and must be equal across a batch.
     """
 
     amplitude: jax.Array
@@ -65,18 +74,22 @@ class Hyper(NamedTuple):
     stop_after: jax.Array
     learning_rate: jax.Array
     momentum: jax.Array
+    period_residual: jax.Array
 
 
 def hyper_of(config: TrainConfig, dtype: Any = None) -> Hyper:
     """The :class:`Hyper` of one configuration (JAX's default float dtype unless given)."""
     dtype = dtype or jnp.result_type(float)
     stop = jnp.inf if config.stop_after is None else config.stop_after
-    return Hyper(
-        *(
-            jnp.asarray(v, dtype)
-            for v in (config.amplitude, config.period, stop, config.learning_rate, config.momentum)
-        )
+    values = (
+        config.amplitude,
+        config.period,
+        stop,
+        config.learning_rate,
+        config.momentum,
+        float_residual(config.period, dtype),
     )
+    return Hyper(*(jnp.asarray(v, dtype) for v in values))
 
 
 class Problem(NamedTuple):
@@ -172,7 +185,12 @@ def specialise(problem: Problem, hyper: Hyper) -> Problem:
     num_classes = problem.data.num_classes
     if is_dynamical(config.loss):
         schedule = make_schedule(
-            config.schedule, num_classes, hyper.period, hyper.amplitude, stop_after=hyper.stop_after
+            config.schedule,
+            num_classes,
+            hyper.period,
+            hyper.amplitude,
+            stop_after=hyper.stop_after,
+            period_residual=hyper.period_residual,
         )
     else:
         schedule = constant(num_classes)
