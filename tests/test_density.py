@@ -81,3 +81,32 @@ def test_bad_inputs_are_rejected(kwargs, message):
     options = {"num_probes": 2, "num_matvecs": 3, "key": jax.random.key(0), **kwargs}
     with pytest.raises(ValueError, match=message):
         spectral_density(lambda z: jnp.sum(z**2), jnp.zeros(5), **options)
+
+
+def test_broadening_weights_the_nodes(x64):
+    # Two nodes 0 and 1 with weights 3/4 and 1/4, sigma << 1: the mass on each side of the
+    # midpoint is the node's weight, and the peak heights are in the ratio of the weights.
+    grid = jnp.linspace(-0.5, 1.5, 2001)
+    density = np.asarray(broaden(jnp.asarray([0.0, 1.0]), jnp.asarray([0.75, 0.25]), grid, 0.02))
+    g = np.asarray(grid)
+    left, right = g <= 0.5, g >= 0.5
+    assert np.trapezoid(density[left], g[left]) == pytest.approx(0.75, abs=1e-6)
+    assert np.trapezoid(density[right], g[right]) == pytest.approx(0.25, abs=1e-6)
+    assert density[left].max() / density[right].max() == pytest.approx(3.0, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("spectrum", "sigma"), [((-1.0, 2.0), 0.01 * 3.0), ((99.99, 100.01), 1e-3 * 100.01)]
+)
+def test_default_sigma_and_grid(x64, spectrum, sigma):
+    # sigma = max(1% of the Ritz-value range, 1e-3 max |Ritz value|); the grid spans the Ritz
+    # values extended by 5 sigma. Two atoms: one Lanczos step per atom makes the nodes exact.
+    values = jnp.asarray(np.repeat(spectrum, [6, 4]))
+    loss = lambda z: 0.5 * jnp.sum(values * z**2)  # noqa: E731
+    dens = spectral_density(loss, jnp.zeros(10), num_probes=3, num_matvecs=2, num_points=64)
+    ritz = np.asarray(dens.ritz_values)
+    np.testing.assert_allclose([ritz.min(), ritz.max()], spectrum, rtol=1e-12)
+    np.testing.assert_allclose(dens.grid[0], ritz.min() - 5 * sigma, rtol=1e-9)
+    np.testing.assert_allclose(dens.grid[-1], ritz.max() + 5 * sigma, rtol=1e-9)
+    expected = broaden(dens.ritz_values, dens.ritz_weights, dens.grid, sigma)
+    np.testing.assert_allclose(dens.density, expected, rtol=1e-9, atol=1e-12)

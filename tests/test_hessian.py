@@ -51,10 +51,37 @@ def test_hessian_eigh_sorted_descending_with_small_residuals(x64):
     assert tree["x"].shape == (2, 6)
 
 
-def test_hessian_exact_is_symmetric_for_nonquadratic_loss(x64):
+def test_hessian_exact_matches_jax_hessian_for_nonquadratic_loss(x64):
+    # Symmetric by construction, and equal to the Hessian by automatic differentiation.
     x = jnp.asarray(np.random.default_rng(3).standard_normal(8))
-    h = hessian_exact(lambda z: jnp.sum(jnp.sin(z) * jnp.roll(z, 1)) ** 2, x)
+    loss = lambda z: jnp.sum(jnp.sin(z) * jnp.roll(z, 1)) ** 2  # noqa: E731
+    h = hessian_exact(loss, x)
     np.testing.assert_array_equal(h, h.T)
+    np.testing.assert_allclose(h, jax.hessian(loss)(x), rtol=1e-12, atol=1e-12)
+    params = {"w": x[:6].reshape(2, 3), "b": x[6:]}
+    tree_loss = lambda p: loss(jnp.concatenate([p["w"].ravel(), p["b"]]))  # noqa: E731
+    # ravel_pytree puts "b" first: the flat Hessian is x's with (b, w) blocks reordered.
+    order = np.r_[6:8, 0:6]
+    expected = np.asarray(jax.hessian(loss)(x))[np.ix_(order, order)]
+    np.testing.assert_allclose(hessian_exact(tree_loss, params), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_hessian_eigh_residuals_are_those_of_the_returned_pairs(x64):
+    # residual_i = ||H v_i - lambda_i v_i|| of the returned pairs, recomputed in NumPy: a few
+    # eps ||H|| for eigh's pairs of a generic matrix.
+    a = _spd(20, 4)
+    loss = lambda z: 0.5 * z @ a @ z + jnp.sum(jnp.cos(z))  # noqa: E731
+    x = jnp.linspace(-1.0, 1.0, 20)
+    eig = hessian_eigh(loss, x)
+    h = np.asarray(hessian_exact(loss, x))
+    values, vectors = np.asarray(eig.eigenvalues), np.asarray(eig.eigenvectors)
+    expected = np.linalg.norm(vectors @ h - values[:, None] * vectors, axis=1)
+    scale = np.finfo(np.float64).eps * np.linalg.norm(h, 2)
+    residuals = np.asarray(eig.residuals)
+    # Rounding noise, so equal only to its size (here the two agree to about 10 %), and not
+    # all exactly zero (a residual that is never computed).
+    assert residuals.max() > 0 and np.all(residuals < 100 * scale)
+    np.testing.assert_allclose(residuals, expected, atol=10 * scale)
 
 
 def test_memory_refusal_names_p_bytes_and_budget():

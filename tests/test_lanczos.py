@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.flatten_util import ravel_pytree
 
 from curvature import hessian_eigh, hessian_top_k, lanczos, unravel_eigenvectors
 
@@ -184,13 +185,39 @@ def test_width_1000_is_matrix_free_with_small_residuals():
 
 
 def test_v0_pytree_and_flat_agree(x64):
+    # A multi-leaf pytree start vector is the flat vector ravel_pytree gives ("b" before "w").
+    # Four steps on ten parameters leave inexact Ritz pairs that depend on the start vector.
     loss, x, _ = _quadratic(np.linspace(1.0, 3.0, 10))
-    v0 = jnp.ones(10)
-    a = hessian_top_k(loss, x, 2, num_matvecs=10, v0=v0)
-    b = hessian_top_k(loss, {"z": x}["z"], 2, num_matvecs=10, v0={"z": v0}["z"])
-    np.testing.assert_allclose(a.eigenvalues, b.eigenvalues)
+    _, unravel = ravel_pytree({"w": jnp.zeros((2, 3)), "b": jnp.zeros(4)})
+    tree_loss = lambda p: loss(ravel_pytree(p)[0])  # noqa: E731
+    v0 = jnp.arange(1.0, 11.0) ** 2
+    top_k = jax.jit(lambda start: hessian_top_k(loss, x, 2, num_matvecs=4, v0=start))
+    flat = top_k(v0)
+    tree = hessian_top_k(tree_loss, unravel(x), 2, num_matvecs=4, v0=unravel(v0))
+    np.testing.assert_allclose(tree.eigenvalues, flat.eigenvalues, rtol=1e-13)
+    np.testing.assert_allclose(tree.eigenvectors, flat.eigenvectors, atol=1e-12)
+    reversed_start = top_k(v0[::-1])
+    assert np.max(np.abs(reversed_start.eigenvalues - flat.eigenvalues)) > 1e-6
     with pytest.raises(ValueError, match=r"v0 must be a flat vector of shape \(10,\)"):
         hessian_top_k(loss, x, 2, v0=jnp.ones(4))
+    with pytest.raises(ValueError, match=r"v0 must be a flat vector .*got a flat shape \(9,\)"):
+        hessian_top_k(tree_loss, unravel(x), 2, v0={"w": jnp.ones((2, 3)), "b": jnp.ones(3)})
+
+
+def test_eigenvectors_have_their_largest_entry_positive(x64):
+    # The sign convention of hessian_top_k: the largest-magnitude entry of each row is > 0.
+    # Negating the start vector negates the Krylov basis, so one of the two starts would
+    # return each row with a negative pivot if the signs were left as Lanczos gives them.
+    spectrum = np.concatenate([[9.0, 6.0, 4.0], np.linspace(-1.0, 2.0, 27)])
+    loss, x, _ = _quadratic(spectrum, seed=3)
+    v0 = jax.random.normal(jax.random.key(1), (30,))
+    top_k = jax.jit(lambda start: hessian_top_k(loss, x, 3, num_matvecs=20, v0=start))
+    found = [top_k(start).eigenvectors for start in (v0, -v0)]
+    for vectors in found:
+        vectors = np.asarray(vectors)
+        pivots = vectors[np.arange(3), np.argmax(np.abs(vectors), axis=1)]
+        assert np.all(pivots > 0)
+    np.testing.assert_allclose(found[0], found[1], atol=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -221,3 +248,19 @@ def test_small_eigenvalues_beside_a_large_one_in_float32():
     ritz = np.linalg.eigvalsh(np.asarray(matrix, np.float64))
     np.testing.assert_allclose(ritz[::-1][:3], [1000.0, 1.0, 0.5], rtol=1e-5)
     assert ritz.min() == pytest.approx(-0.3, rel=1e-4)
+
+
+def test_plain_recurrence_restarts_below_sqrt_eps(x64):
+    # A start vector in the span of e1, e2 and t e3 of diag(1..10): the second new vector has
+    # length ~t ||A q_1||. Below sqrt(eps) ||A q_j|| (t = 1e-10) the recurrence restarts with
+    # zero coupling; above it (t = 1e-6) it goes on. Either way the basis stays orthonormal
+    # (up to the dropped coupling t) and the Ritz values inside the spectrum.
+    d = jnp.arange(1.0, 11.0)
+    for t, restarted in ((1e-6, False), (1e-10, True)):
+        v0 = jnp.zeros(10).at[:3].set(jnp.asarray([1.0, 1.0, t]))
+        basis, matrix = lanczos(6, reortho="none")(lambda u: d * u, v0)
+        assert (float(matrix[1, 2]) == 0.0) == restarted
+        basis = np.asarray(basis)
+        np.testing.assert_allclose(basis @ basis.T, np.eye(6), atol=1e-8)
+        ritz = np.linalg.eigvalsh(np.asarray(matrix))
+        assert ritz.min() >= 1.0 - 1e-9 and ritz.max() <= 10.0 + 1e-9

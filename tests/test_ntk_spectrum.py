@@ -190,6 +190,16 @@ def test_stability_zero_modes_of_a_psd_kernel_are_not_growing():
     assert int(regimes[-1]) == GROWING
 
 
+def test_stability_zero_tolerance_is_per_row():
+    # The default tolerance is M eps max|lambda| of each row (last axis): 3 * 1.2e-7 * 1e6
+    # = 0.36 in row 0, 3.6e-7 in row 1, whose -1e-3 is then a growing mode; row 0's -1e-3
+    # is a zero mode (smooth).
+    values = jnp.asarray([[1e6, 1.0, -1e-3], [1.0, 0.5, -1e-3]], jnp.float32)
+    regimes = stability_factors(values, 1e-6, 10).regime
+    names = [[REGIME_NAMES[int(r)] for r in row] for row in regimes]
+    assert names == [["smooth", "smooth", "smooth"], ["smooth", "smooth", "growing"]]
+
+
 def test_stability_factors_of_an_empty_spectrum():
     assert stability_factors(jnp.zeros((2, 0)), 1.0, 3).regime.shape == (2, 0)
 

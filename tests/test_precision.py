@@ -65,7 +65,9 @@ def _model():
     return params, x, apply_fn, loss_fn
 
 
-@pytest.mark.parametrize("name", ["hvp", "operator", "top_k", "density", "projection", "tracker"])
+@pytest.mark.parametrize(
+    "name", ["hvp", "operator", "top_k", "density", "broaden", "eigh", "projection", "tracker"]
+)
 def test_hessian_functions_trace_full_precision(name):
     params, _, _, loss_fn = _model()
     if name == "hvp":

@@ -36,6 +36,16 @@ def test_gradient_inside_span_has_no_perpendicular_part(x64):
     assert float(proj.perpendicular) < 1e-15
 
 
+def test_normalized_components_are_magnitudes(x64):
+    # normalized_i = |g . v_i| / |g|, also for a negative component: g = (-3, 4, 0), |g| = 5.
+    loss = lambda z: jnp.asarray([-3.0, 4.0, 0.0]) @ z  # noqa: E731
+    proj = gradient_projection(loss, jnp.zeros(3), jnp.eye(3)[:2])
+    np.testing.assert_allclose(proj.components, [-3.0, 4.0], rtol=1e-15)
+    np.testing.assert_allclose(proj.grad_norm, 5.0, rtol=1e-15)
+    np.testing.assert_allclose(proj.normalized, [0.6, 0.8], rtol=1e-15)
+    np.testing.assert_allclose(proj.perpendicular, 0.0, atol=1e-15)
+
+
 def test_wrong_eigenvector_shape_message():
     with pytest.raises(ValueError, match=r"shape \(k, P\) with P = 3.*got shape \(2, 4\)"):
         gradient_projection(lambda z: jnp.sum(z**2), jnp.zeros(3), jnp.zeros((2, 4)))

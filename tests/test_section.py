@@ -49,6 +49,25 @@ def test_trajectory_projection(x64):
     assert list(sec.path["step"].values) == [10, 20, 30]
 
 
+def test_trajectory_is_projected_relative_to_the_centre(x64):
+    # Coordinates of theta_s - theta: the centre itself is (0, 0) at distance 0.
+    centre = {"w": jnp.asarray([1.0, -2.0]), "b": jnp.asarray([0.5])}  # flat (b, w)
+    flat = jnp.asarray([0.5, 1.0, -2.0])
+    traj = jnp.stack([flat, flat + jnp.asarray([3.0, -1.0, 2.0])])
+    sec = landscape_section(
+        lambda p: jnp.sum(p["w"] ** 2) + jnp.sum(p["b"] ** 2),
+        centre,
+        jnp.asarray([2.0, 0, 0]),
+        jnp.asarray([0, -1.0, 0]),
+        num_points=3,
+        trajectory=traj,
+    )
+    # u1 = e1, u2 = -e2.
+    np.testing.assert_allclose(sec.path["a"], [0.0, 3.0], atol=1e-15)
+    np.testing.assert_allclose(sec.path["b"], [0.0, 1.0], atol=1e-15)
+    np.testing.assert_allclose(sec.path["distance"], [0.0, 2.0], atol=1e-15)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

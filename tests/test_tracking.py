@@ -187,3 +187,41 @@ def test_cold_starts_are_deep_enough_for_many_eigenpairs(x64):
     )
     np.testing.assert_allclose(eig.eigenvalues, values[:70], rtol=1e-8)
     assert np.max(eig.residuals) < 1e-6
+
+
+def test_signs_follow_the_stored_vectors_not_a_fixed_convention(x64):
+    # The stored vectors, negated, are the sign reference of the next update: the new vectors
+    # overlap them positively although their own largest entries are then negative.
+    spectrum = np.concatenate([[5.0, 4.0, 3.0], np.linspace(-1.0, 1.0, 27)])
+    q, _ = np.linalg.qr(np.random.default_rng(3).standard_normal((30, 30)))
+    a = jnp.asarray((q * spectrum) @ q.T)
+    loss = lambda z: 0.5 * z @ a @ z  # noqa: E731
+    tracker = hessian_tracker(2, num_iterations=4, tol=1e-10)
+    update = jax.jit(tracker.update, static_argnums=0)
+    _, state = update(loss, jnp.zeros(30), tracker.init(jnp.zeros(30), jax.random.key(0)))
+    flipped = -state.eigenvectors
+    eig, state = update(loss, jnp.zeros(30), state._replace(eigenvectors=flipped))
+    assert not bool(state.restarted)
+    overlaps = np.sum(np.asarray(eig.eigenvectors * flipped), axis=1)
+    np.testing.assert_allclose(overlaps, 1.0, atol=1e-8)
+
+
+def test_default_restart_tolerance_is_ten_times_tol(x64):
+    # k = 1, no expansions: the warm result is the Rayleigh quotient of the stored vector
+    # v = (e1 + t e2) / |.| of diag(2, 1, 0.5, ...), relative residual t / (2 + t^2). The
+    # default tol is 1e-4 in float64, so the default restart tolerance is 1e-3: t = 0.02
+    # (1e-2) restarts, t = 6e-4 (3e-4, between the two tolerances) is accepted.
+    d = jnp.asarray([2.0, 1.0, 0.5, 0.25, 0.1, 0.0])
+    loss = lambda z: 0.5 * jnp.sum(d * z**2)  # noqa: E731
+    tracker = hessian_tracker(1, num_iterations=0)
+    update = jax.jit(tracker.update, static_argnums=0)
+    state = tracker.init(jnp.zeros(6), jax.random.key(0))
+    state = state._replace(count=jnp.ones((), jnp.int32))
+    for t, restarts in ((0.02, True), (6e-4, False)):
+        v = jnp.zeros((1, 6)).at[0, 0].set(1.0).at[0, 1].set(t)
+        eig, new = update(loss, jnp.zeros(6), state._replace(eigenvectors=v))
+        assert bool(new.restarted) == restarts
+        if not restarts:
+            rho = (2.0 + t**2) / (1.0 + t**2)
+            np.testing.assert_allclose(eig.eigenvalues, [rho], rtol=1e-12)
+            np.testing.assert_allclose(eig.residuals / rho, [t / (2.0 + t**2)], rtol=1e-9)
