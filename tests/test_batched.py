@@ -1,5 +1,6 @@
 """Batched runs (training._batched): equal to single runs, divergence per run, bad inputs."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -74,14 +75,46 @@ def test_final_metrics_are_those_of_the_final_parameters():
     assert 0 <= result.final["final_val_accuracy"][0] <= 1
 
 
+def test_final_metrics_equal_those_of_the_written_final_parameters(tmp_path):
+    # final_* are the metrics of the parameters after the last update (the run file's last
+    # checkpoint, step = steps), with Γ of step `steps`: T = 35 puts step 120 mid-period, so
+    # Γ(120) ≠ 1 ≠ Γ(119); the second run has stopped oscillating (Γ ≡ 1).
+    from schedules import cross_entropy
+    from training import restore
+
+    configs = [
+        BASE.replace(dtype="float64", period=35.0),
+        BASE.replace(dtype="float64", seed=1, stop_after=90),
+    ]
+    paths = [tmp_path / "a.nc", tmp_path / "b.nc"]
+    result = train_batch(configs, summary_every=20, run_files=paths)
+    for i, path in enumerate(paths):
+        r = restore(path, BASE.steps)
+        assert r.config.stop_after is not None or not np.allclose(r.gamma, 1.0)
+        out = np.asarray(r.model.apply(r.params, r.data.x_train))
+        out_val = np.asarray(r.model.apply(r.params, r.data.x_val))
+        expected = {
+            "final_loss": r.loss_fn(r.params),
+            "final_static_loss": r.static_loss_fn(r.params),
+            "final_train_accuracy": np.mean(np.argmax(out, -1) == r.data.y_train),
+            "final_val_loss": cross_entropy(jnp.asarray(out_val), jnp.asarray(r.data.y_val)),
+            "final_val_accuracy": np.mean(np.argmax(out_val, -1) == r.data.y_val),
+        }
+        for name, value in expected.items():  # accuracies k/N exact in float64
+            np.testing.assert_allclose(
+                result.final[name][i], float(value), rtol=1e-12, err_msg=name
+            )
+
+
 def test_divergence_is_flagged_per_run(tmp_path):
     good = BASE.replace(seed=0, loss="dmse1", learning_rate=0.5)
     bad = BASE.replace(seed=1, loss="dmse1", learning_rate=50.0)
     paths = [tmp_path / "good.nc", tmp_path / "bad.nc"]
-    result = train_batch([good, bad], summary_every=20, run_files=paths, lanes=2)
+    # chunks of 4 steps: the divergence (step 11) falls in a later chunk than the first
+    result = train_batch([good, bad], summary_every=20, run_files=paths, lanes=2, chunk_steps=4)
     assert result.diverged.tolist() == [False, True]
     at = int(result.diverged_at_step[1])
-    assert 0 <= at < BASE.steps
+    assert 4 <= at < BASE.steps
     assert np.isfinite(result.final["final_val_accuracy"][0])
     assert np.isnan(result.final["final_val_accuracy"][1])
     later = result.summary_steps > at

@@ -75,11 +75,25 @@ def test_frozen():
         ({"seed": np.int64(-1)}, r"seed must be an integer >= 0 \(got -1\)"),
         ({"amplitude": True}, r"amplitude must be a number \(got True\)"),
         ({"hidden_widths": 3.0}, r"hidden_widths must be a non-empty list of integers >= 1"),
+        ({"eval_every": 0}, r"eval_every must be an integer >= 1 \(got 0\)"),
+        ({"chunk_steps": 0}, r"chunk_steps must be an integer >= 1 \(got 0\)"),
+        ({"track_every": 0}, r"track_every must be an integer >= 1 \(got 0\)"),
+        ({"momentum": -0.1}, r"momentum must be in \[0, 1\)"),
+        ({"stop_after": -1}, r"stop_after must be an integer >= 0 or None \(got -1\)"),
+        ({"batch_size": 0}, r"batch_size must be an integer >= 1 or None \(got 0\)"),
+        ({"ntk_top_k": 180}, r"ntk_top_k must be < N·C/5 = 180"),
     ],
 )
 def test_bad_input(fields, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**fields)
+
+
+def test_boundary_values_are_accepted():
+    # the edges of each valid range: full batch as a batch size, momentum 0, stop at step 0
+    c = TrainConfig(batch_size=300, momentum=0.0, stop_after=0, eval_every=1, ntk_top_k=179)
+    assert (c.batch_size, c.momentum, c.stop_after, c.ntk_top_k) == (300, 0.0, 0, 179)
+    assert TrainConfig(amplitude=1.0, learning_rate=1e-9, hidden_widths=(1,)).amplitude == 1.0
 
 
 def test_unknown_field():

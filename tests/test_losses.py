@@ -49,11 +49,36 @@ def test_unit_weights_are_static_exactly(batch, dynamical, static):
     assert dynamical(o, y) == static(o, y)
 
 
-@pytest.mark.parametrize("loss", [dce, dmse1, dmse2])
-def test_gradients_finite(batch, loss):
+def _softmax(o):
+    e = np.exp(o - o.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _hand_gradients(o, y, w):
+    """dF/d outputs by hand (float64 NumPy), one (N, C) array per loss."""
+    o, y, w = np.asarray(o), np.asarray(y), np.asarray(w)
+    n = len(y)
+    e = np.eye(o.shape[1])[y]
+    return {
+        "cross_entropy": (_softmax(o) - e) / n,  # d/do of -log softmax(o)_y
+        "dce": w[y][:, None] * (_softmax(o) - e) / n,
+        "mse": (o - e) / n,
+        "dmse1": w[y][:, None] * (o - e) / n,
+        "dmse2": w * (o - e) / n,
+    }
+
+
+@pytest.mark.parametrize("scale", [1.0, 50.0])  # 50: saturated softmax, still exact
+@pytest.mark.parametrize("loss", [cross_entropy, dce, mse, dmse1, dmse2])
+def test_gradients_equal_hand_gradients(batch, loss, scale):
+    # jax.grad of each loss w.r.t. the outputs equals its closed form, in float64
     o, y, w = batch
-    g = jax.grad(loss)(o * 50.0, y, w)
-    assert np.all(np.isfinite(g))
+    o = o * scale
+    args = (o, y) if loss in (cross_entropy, mse) else (o, y, w)
+    g = jax.grad(loss)(*args)
+    assert g.dtype == jnp.float64
+    expected = _hand_gradients(o, y, w)[loss.__name__]
+    np.testing.assert_allclose(g, expected, rtol=1e-12, atol=1e-15)
 
 
 def test_float32_stays_float32():

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schedules import constant, make_schedule, sine, square, triangle
@@ -16,34 +16,44 @@ periods = st.integers(min_value=1, max_value=500)
 amplitudes = st.floats(min_value=1.0, max_value=100.0)
 steps = st.integers(min_value=0, max_value=100_000)
 
+# The identities below run in float64 (the `x64` fixture) with tight tolerances; the fixture
+# is entered once per test function, not per example, which hypothesis would flag.
+identity = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
-@settings(max_examples=60, deadline=None)
-@given(classes, periods, amplitudes, steps, st.sampled_from(SHAPES))
-def test_sum_and_bounds(C, T, A, t, shape):
-    gamma = np.asarray(shape(C, T, A)(t), np.float64)
-    assert gamma.shape == (C,)
-    np.testing.assert_allclose(gamma.sum(), C, rtol=1e-5)
+
+@settings(identity, max_examples=60)
+@given(C=classes, T=periods, A=amplitudes, t=steps, shape=st.sampled_from(SHAPES))
+def test_sum_and_bounds(x64, C, T, A, t, shape):
+    # sum_i Γ_i = C and C/(A+C-1) <= Γ_i <= C·A/(A+C-1)
+    gamma = shape(C, T, A)(t)
+    assert gamma.dtype == jnp.float64 and gamma.shape == (C,)
+    gamma = np.asarray(gamma)
+    np.testing.assert_allclose(gamma.sum(), C, rtol=1e-14)
     lo, hi = C / (A + C - 1), C * A / (A + C - 1)
-    assert np.all(gamma >= lo * (1 - 1e-5)) and np.all(gamma <= hi * (1 + 1e-5))
+    assert np.all(gamma >= lo * (1 - 1e-14)) and np.all(gamma <= hi * (1 + 1e-14))
 
 
-@settings(max_examples=40, deadline=None)
-@given(classes, periods, amplitudes, steps, st.sampled_from(SHAPES))
-def test_periodic_over_all_classes(C, T, A, t, shape):
+@settings(identity, max_examples=40)
+@given(C=classes, T=periods, A=amplitudes, t=steps, shape=st.sampled_from(SHAPES))
+def test_periodic_over_all_classes(x64, C, T, A, t, shape):
+    # Γ(t) = Γ(t + C·T): every class has had its period (integer T: τ is exact)
     s = shape(C, T, A)
-    np.testing.assert_allclose(s(t), s(t + C * T), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(s(t), s(t + C * T), rtol=1e-14, atol=0)
 
 
-@settings(max_examples=30, deadline=None)
-@given(classes, periods, steps, st.sampled_from(SHAPES))
-def test_amplitude_one_is_static(C, T, t, shape):
+@settings(identity, max_examples=30)
+@given(C=classes, T=periods, t=steps, shape=st.sampled_from(SHAPES))
+def test_amplitude_one_is_static(x64, C, T, t, shape):
+    # A = 1 gives Γ ≡ 1 exactly
     np.testing.assert_array_equal(shape(C, T, 1.0)(t), np.ones(C))
 
 
-@settings(max_examples=30, deadline=None)
-@given(classes, st.integers(2, 400), amplitudes, st.integers(0, 50))
-def test_ones_at_period_boundaries(C, T, A, k):
-    np.testing.assert_allclose(triangle(C, T, A)(k * T), np.ones(C), rtol=1e-6)
+@settings(identity, max_examples=30)
+@given(C=classes, T=st.integers(2, 400), A=amplitudes, k=st.integers(0, 50))
+def test_ones_at_period_boundaries(x64, C, T, A, k):
+    # g(0) = 1 for every shape, so Γ ≡ 1 at t = k·T
+    for shape in SHAPES:
+        np.testing.assert_allclose(shape(C, T, A)(k * T), np.ones(C), rtol=1e-15, atol=0)
 
 
 def test_triangle_hand_values(x64):
@@ -63,6 +73,47 @@ def test_stop_after():
     assert not np.allclose(s(99), 1.0)  # oscillating before the stop step
     for t in (1000, 1001, 1100, 50_000):
         np.testing.assert_array_equal(s(t), np.ones(3))
+    # a stop step inside a period: Γ ≠ 1 one step before, Γ ≡ 1 from the stop step on
+    s = triangle(3, 200, 10.0, stop_after=1050)
+    assert not np.allclose(s(1049), 1.0)
+    np.testing.assert_array_equal(s(1050), np.ones(3))
+    np.testing.assert_array_equal(make_schedule("sine", 3, 200, 10.0, stop_after=0)(50), np.ones(3))
+
+
+def test_sine_and_square_hand_values(x64):
+    # C = 3, T = 200, A = 10, class 0 in focus; Γ = 3·raw / sum(raw)
+    def gamma(g):
+        return 3 * np.array([g, 1.0, 1.0]) / (g + 2)
+
+    s = sine(3, 200, 10.0)
+    for t in (25, 50, 130):  # g = 1 + (A-1) sin²(π τ / T)
+        g = 1 + 9 * np.sin(np.pi * t / 200) ** 2
+        np.testing.assert_allclose(s(t), gamma(g), rtol=1e-14)
+    np.testing.assert_allclose(s(50), gamma(5.5), rtol=1e-14)  # sin²(π/4) = 1/2
+    q = square(3, 200, 10.0)
+    # g = A on [T/4, 3T/4), 1 elsewhere: both edges of the half-open interval
+    for t, g in ((49, 1.0), (50, 10.0), (149, 10.0), (150, 1.0), (199, 1.0)):
+        np.testing.assert_allclose(q(t), gamma(g), rtol=1e-14, err_msg=f"t = {t}")
+
+
+@pytest.mark.parametrize(
+    ("residual", "t", "focus"),
+    [
+        # t = 200.0005 is past 2·T but before 2·(T + dT): still period 1 (class 1)
+        (1e-3, 200.0005, 1),
+        # dT < 0: t = 199.9995 is before 2·T but past 2·(T + dT): already period 2 (class 2)
+        (-1e-3, 199.9995, 2),
+    ],
+)
+def test_period_residual_moves_the_focus_across_a_boundary(x64, residual, t, focus):
+    # (τ, k) with t ≈ k·(T + dT) + τ, 0 <= τ < T: the class in focus is k mod C, and near the
+    # boundary its factor is barely above 1 (τ ≈ 0 or τ ≈ T)
+    gamma = np.asarray(triangle(3, 100.0, 10.0, period_residual=residual)(t))
+    assert np.argmax(gamma) == focus
+    others = np.delete(gamma, focus)
+    assert gamma[focus] > 1 > others[0] == others[1]
+    np.testing.assert_allclose(gamma.sum(), 3.0, rtol=1e-14)
+    assert gamma[focus] - 1 < 1e-3
 
 
 def test_shapes_share_peak_and_normalisation(x64):

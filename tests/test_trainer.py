@@ -274,3 +274,84 @@ def test_summary_step_records_equal_full_records_on_summary_steps():
     for bad in (0, 7, True, 2.0):
         with pytest.raises(ValueError, match="summary_every must be None or a positive multiple"):
             make_step(problem, summary_every=bad)
+
+
+TINY64 = TrainConfig(
+    hidden_widths=(8,),
+    steps=60,
+    eval_every=20,
+    chunk_steps=40,
+    checkpoint_every=20,
+    period=20.0,
+    learning_rate=0.5,
+    stop_after=50,
+    dtype="float64",
+)
+
+
+def test_records_are_those_of_the_checkpointed_parameters(tmp_path):
+    # At a checkpoint step s (also an eval step) the records belong to the saved parameters
+    # p_s (before the update of step s): val_loss/val_accuracy are the static loss/accuracy of
+    # p_s on the validation split, grad_norm is |∇ loss_s(p_s)| (η = 0.5: not the update's
+    # norm), and Γ is the schedule with stop_after (Γ ≡ 1 from step 50 on).
+    from schedules import cross_entropy
+
+    path = tmp_path / "run.nc"
+    ds = train(TINY64.replace(output=str(path)))
+    for s in (0, 20, 40):
+        r = restore(path, s)
+        out_val = r.model.apply(r.params, r.data.x_val)
+        val_loss = float(cross_entropy(out_val, jax.numpy.asarray(r.data.y_val)))
+        val_acc = np.mean(np.argmax(np.asarray(out_val), -1) == r.data.y_val)
+        np.testing.assert_allclose(float(ds["val_loss"].sel(step=s)), val_loss, rtol=1e-12)
+        np.testing.assert_allclose(float(ds["val_accuracy"].sel(step=s)), val_acc, rtol=1e-12)
+        out = r.model.apply(r.params, r.data.x_train)  # accuracies k/N exact in float64
+        train_acc = np.mean(np.argmax(np.asarray(out), -1) == r.data.y_train)
+        np.testing.assert_allclose(float(ds["train_accuracy"].sel(step=s)), train_acc, rtol=1e-14)
+        grads = jax.grad(r.loss_fn)(r.params)
+        norm = np.sqrt(sum(np.sum(np.asarray(g) ** 2) for g in jax.tree.leaves(grads)))
+        np.testing.assert_allclose(float(ds["grad_norm"].sel(step=s)), norm, rtol=1e-12)
+    expected = np.stack([triangle(3, 20.0, 10.0, stop_after=50)(t) for t in range(60)])
+    np.testing.assert_allclose(ds["gamma"].values, expected, rtol=1e-14)
+    assert not np.allclose(ds["gamma"].sel(step=49), 1.0)
+    np.testing.assert_array_equal(ds["gamma"].sel(step=slice(50, None)), 1.0)
+
+
+@pytest.mark.parametrize("optimizer", ["gd", "momentum", "nesterov"])
+def test_optimizer_updates_by_hand(tmp_path, optimizer):
+    # optax.sgd: trace_{s+1} = g_s + μ·trace_s; gd p -= η g_s, heavy ball p -= η trace_{s+1},
+    # Nesterov p -= η (g_s + μ trace_{s+1}), with g_s the gradient of the loss of step s (Γ(s)).
+    from jax.flatten_util import ravel_pytree
+
+    config = TINY64.replace(
+        steps=3, checkpoint_every=1, optimizer=optimizer, momentum=0.9, stop_after=None
+    )
+    path = tmp_path / "run.nc"
+    train(config.replace(output=str(path)))
+    eta, mu = config.learning_rate, config.momentum
+    params = restore(path, 0).params
+    trace = jax.tree.map(np.zeros_like, params)
+    for s in range(3):
+        g = jax.grad(restore(path, s).loss_fn)(params)
+        trace = jax.tree.map(lambda t, g: g + mu * t, trace, g)
+        if optimizer == "gd":
+            step = g
+        elif optimizer == "momentum":
+            step = trace
+        else:
+            step = jax.tree.map(lambda g, t: g + mu * t, g, trace)
+        params = jax.tree.map(lambda p, d: p - eta * d, params, step)
+        saved = ravel_pytree(restore(path, s + 1).params)[0]
+        np.testing.assert_allclose(saved, ravel_pytree(params)[0], rtol=1e-12, atol=1e-14)
+
+
+def test_minibatches_are_fresh_every_step():
+    # With a tiny learning rate the parameters barely move, so the minibatch static loss
+    # varies from step to step only through the sampled batch; its mean is near the
+    # full-batch loss (sampling is uniform).
+    config = SMALL.replace(batch_size=32, steps=40, learning_rate=1e-6, eval_every=20)
+    ds = train(config)
+    static = ds["static_loss"].values
+    assert static.std() > 1e-2 * static.mean()
+    full = restore(ds, 0).static_loss_fn(restore(ds, 0).params)
+    np.testing.assert_allclose(static.mean(), float(full), rtol=0.1)

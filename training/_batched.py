@@ -223,9 +223,9 @@ def _make_final(problem: Problem, steps: int) -> Callable:
         return {
             "final_loss": run.loss(out, y, gamma),
             "final_static_loss": run.static_loss(out, y),
-            "final_train_accuracy": jnp.mean(jnp.argmax(out, -1) == y).astype(dtype),
+            "final_train_accuracy": jnp.mean(jnp.argmax(out, -1) == y, dtype=dtype),
             "final_val_loss": run.static_loss(out_val, y_val),
-            "final_val_accuracy": jnp.mean(jnp.argmax(out_val, -1) == y_val).astype(dtype),
+            "final_val_accuracy": jnp.mean(jnp.argmax(out_val, -1) == y_val, dtype=dtype),
         }
 
     return jax.jit(jax.vmap(final))

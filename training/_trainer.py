@@ -382,7 +382,7 @@ def make_step(
 
     def evaluate(params: Params) -> tuple[jax.Array, jax.Array]:
         out = apply(params, x_val)
-        return static_loss(out, y_val), jnp.mean(jnp.argmax(out, -1) == y_val).astype(dtype)
+        return static_loss(out, y_val), jnp.mean(jnp.argmax(out, -1) == y_val, dtype=dtype)
 
     def skip_eval(params: Params) -> tuple[jax.Array, jax.Array]:
         del params
@@ -392,7 +392,7 @@ def make_step(
     def observe(out: jax.Array, yb: jax.Array, grads: Params) -> dict:
         return {
             "static_loss": static_loss(out, yb),
-            "train_accuracy": jnp.mean(jnp.argmax(out, -1) == yb).astype(dtype),
+            "train_accuracy": jnp.mean(jnp.argmax(out, -1) == yb, dtype=dtype),
             "grad_norm": optax.tree.norm(grads).astype(dtype),
         }
 
