@@ -341,3 +341,22 @@ def test_density_plot_draws_the_optimizers_own_limit(tmp_path, monkeypatch):
     assert main(["plot", "density", str(run), "--step", "10", "--output", str(png)]) == 0
     assert seen["optimizer"] == "nesterov" and seen["momentum"] == 0.9
     assert seen["learning_rate"] == 0.5
+    # Without --step and --output: the middle checkpoint (0, 10, 20), drawn to RUN.density.png.
+    assert main(["plot", "density", str(run)]) == 0
+    assert seen["label"] == "step 10"
+    assert (tmp_path / "nesterov.density.png").stat().st_size > 1000
+
+
+def test_diverged_training_exits_3(tmp_path, capsys):
+    # A run that diverges is written and reported, with exit code 3 (not success).
+    out = tmp_path / "div.nc"
+    args = ["--hidden-widths", "100", "--steps", "50", "--loss", "mse", "--learning-rate", "1e6"]
+    assert main(["train", *args, "--quiet", "--output", str(out)]) == 3
+    printed = capsys.readouterr().out
+    assert "status: diverged" in printed and f"wrote {out}" in printed
+
+
+def test_steps_ranges_count_the_stride_from_their_start():
+    saved = np.array([0, 50, 100, 150, 200])
+    assert parse_steps(["50:201:100"], saved) == [50, 150]
+    assert parse_steps(["100:"], saved) == [100, 150, 200]

@@ -255,3 +255,46 @@ def test_bad_inputs_are_rejected():
     with pytest.raises(ValueError, match="levels must be >= 2"):
         plot_landscape_section(xr.DataArray(np.ones((3, 3))), levels=1)
     plt.close("all")
+
+
+def test_density_stability_line_is_the_optimizers_own_limit():
+    # The vertical line sits at the optimizer's limit: (2+2β)/((1+2β)η) for Nesterov.
+    grid = np.linspace(0, 10, 50)
+    fig = plot_spectral_density(
+        grid, np.exp(-grid), learning_rate=0.5, optimizer="nesterov", momentum=0.9
+    )
+    line = next(x for x in fig.axes[0].get_lines() if x.get_label() == "stability limit")
+    np.testing.assert_allclose(line.get_xdata(), (2 + 1.8) / ((1 + 1.8) * 0.5))
+    fig = plot_spectral_density(grid, np.exp(-grid), learning_rate=0.5)
+    line = next(x for x in fig.axes[0].get_lines() if x.get_label() == "stability limit")
+    np.testing.assert_allclose(line.get_xdata(), 4.0)  # 2/η for gd
+    plt.close("all")
+
+
+def test_run_panels_draw_the_right_values():
+    run = full_run()
+    onsets = detect_onsets(run)
+    fig = plot_run(run, onsets=onsets, eigen_count=1, max_points=10_000)
+    names = titles(fig)
+    # ΔF = F(t) − F(t−1), not its negative.
+    delta = fig.axes[names.index("ΔF = F(t) − F(t−1)")].get_lines()[0]
+    np.testing.assert_allclose(delta.get_ydata(), np.diff(run["loss"].values))
+    # eigen_count=1 draws λ1 only.
+    labels = fig.axes[names.index("Hessian λ_1…λ_k")].get_legend_handles_labels()[1]
+    assert "λ1" in labels and "λ2" not in labels
+    # Onsets are green, ends red, at the detected steps.
+    ax = fig.axes[names.index("Loss F(t)")]
+    marks = {}
+    for line in ax.get_lines():
+        if len(set(line.get_xdata())) == 1 and len(line.get_xdata()) == 2:
+            marks.setdefault(line.get_color(), []).append(line.get_xdata()[0])
+    assert sorted(marks["tab:green"]) == sorted(onsets["onset_step"].values.tolist())
+    assert sorted(marks["tab:red"]) == sorted(onsets["end_step"].values.tolist())
+    plt.close(fig)
+
+
+def test_gradient_norm_panel_is_logarithmic():
+    fig = plot_gradient_projection(full_run())
+    assert fig.axes[0].get_yscale() == "linear" and fig.axes[1].get_yscale() == "log"
+    assert fig.axes[1].get_ylabel() == "|g|" and fig.axes[1].get_xlabel() == "step"
+    plt.close(fig)

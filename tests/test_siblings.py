@@ -96,6 +96,16 @@ def test_density_on_a_model_smaller_than_the_default_depth(runs):
     assert np.all(np.isfinite(result["hessian_density"]))
 
 
+def test_results_at_the_final_checkpoint_extend_the_run(runs):
+    # The outer join on step: the final checkpoint (step 60, after the last trained step 59)
+    # is merged as a step of its own.
+    first, _ = runs
+    map_checkpoints(first, loss_value, steps=[60], append=True)
+    with open_run(first) as ds:
+        assert ds.sizes["step"] == TINY.steps + 1
+        assert np.isfinite(ds["loss_value"].sel(step=60)) and np.isnan(ds["loss"].sel(step=60))
+
+
 def test_duplicate_steps_are_taken_once(runs):
     first, _ = runs
     result = hessian_trajectory(first, steps=[40, 0, 40], k=1, warm=False, append=True)

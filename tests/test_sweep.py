@@ -548,3 +548,105 @@ def test_phase_cli_errors(tmp_path):
         _cli(["phase", str(tmp_path / "none.nc")])
     with pytest.raises(ValueError, match="--sel must be DIM=VALUE"):
         _cli(["phase", str(ROOT / "data" / "sweep_laptop.nc"), "--sel", "bogus"])
+
+
+def test_stop_last_period_never_negative():
+    # A period longer than the run: Γ is static from step 0, not a negative stop_after.
+    assert expand(BASE, {"period": [100.0]}, stop_last_period=True)[0].stop_after == 0
+
+
+def test_existing_output_with_another_stop_last_period_is_another_sweep(tmp_path):
+    out = tmp_path / "s.nc"
+    sweep(BASE, {"seed": [0]}, output=out, summary_every=20)
+    with pytest.raises(FileExistsError, match="holds a different sweep"):
+        sweep(BASE, {"seed": [0]}, output=out, summary_every=20, stop_last_period=True)
+
+
+def test_none_grid_values_are_labelled_none():
+    ds = sweep(BASE, {"stop_after": [None, 30]}, summary_every=20)
+    assert ds["stop_after"].values.tolist() == ["none", "30"]
+    # The two runs differ only after step 30 (Γ static there for the second).
+    loss = ds["loss"].sel(summary_step=[0, 20]).values
+    np.testing.assert_allclose(loss[0], loss[1], rtol=1e-6)
+
+
+def test_phase_diagram_of_a_sweep_without_seeds():
+    # One run per cell: the mean is the value itself, n = 1, and no standard error (NaN).
+    ds, values = _fake_sweep()
+    single = ds.isel(seed=0, drop=True)
+    phase = phase_diagram(single)
+    np.testing.assert_allclose(phase.sel(stat="mean"), values[..., 0])
+    np.testing.assert_array_equal(phase.sel(stat="n"), 1.0)
+    assert np.isnan(phase.sel(stat="sem")).all()
+
+
+def test_phase_table_and_figure_axes():
+    from analysis._phase import format_phase_table
+
+    ds, values = _fake_sweep()
+    phase = phase_diagram(ds)  # y = amplitude (2 rows), x = period (3 columns)
+    lines = format_phase_table(phase).splitlines()
+    assert lines[0] == "final_val_accuracy: seed mean ± standard error"
+    assert lines[1].split() == ["amplitude", "\\", "period", "10.0", "100.0", "1000.0"]
+    assert [line.split()[0] for line in lines[2:]] == ["1.0", "10.0"]
+    mean = values.mean(-1)
+    sem = values.std(-1, ddof=1) / 2
+    assert lines[3].split()[2] == f"{mean[1, 1]:.3f}±{sem[1, 1]:.3f}"
+    ax = plot_phase_diagram(ds).axes[0]
+    assert ax.get_xlabel() == "period" and ax.get_ylabel() == "amplitude"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["10", "100", "1000"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["1", "10"]
+
+
+def test_width_figure_axes():
+    width = xr.Dataset(
+        {"final_val_accuracy": (("width", "loss", "seed"), np.ones((3, 2, 2)))},
+        coords={"width": [10, 100, 1000], "loss": ["ce", "dce"], "seed": range(2)},
+    )
+    ax = plot_width(width).axes[0]
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "hidden width"
+    assert ax.get_legend_handles_labels()[1] == ["CE", "DCE"]
+
+
+def test_phase_cli_selects_before_averaging(tmp_path, capsys):
+    ds, _ = _fake_sweep()
+    wide = xr.concat([ds, ds + 1.0], dim=xr.DataArray([10, 20], dims="width", name="width"))
+    path = tmp_path / "wide.nc"
+    wide.to_netcdf(path)
+    code, _ = _cli(["phase", str(path), "--sel", "width=20"])
+    assert code == 0
+    table = capsys.readouterr().out.splitlines()
+    expected = float(wide["final_val_accuracy"].sel(width=20, amplitude=1.0, period=10.0).mean())
+    assert table[2].split()[1].startswith(f"{expected:.3f}±")
+    with pytest.raises(ValueError, match=r"'30' is not a value of 'width'; its values are \[10"):
+        _cli(["phase", str(path), "--sel", "width=30"])
+
+
+def test_cli_options_override_the_grid_file(tmp_path, capsys):
+    grid = tmp_path / "g.toml"
+    grid.write_text(
+        "[base]\nhidden_widths = [4]\nsteps = 40\neval_every = 20\nchunk_steps = 40\n"
+        "[grid]\nseed = [0]\n[sweep]\nsummary_every = 40\n"
+    )
+    out = tmp_path / "s.nc"
+    _cli(["sweep", str(grid), "--output", str(out), "--summary-every", "20", "--quiet"])
+    ds = xr.load_dataset(out)
+    assert int(ds.attrs["summary_every"]) == 20
+    assert ds["summary_step"].values.tolist() == [0, 20]
+    assert "1 runs, 0 diverged" in capsys.readouterr().out
+
+
+def test_resume_with_another_summary_interval_recomputes_parts(tmp_path):
+    # Without run files (which force a recomputation anyway): the part's name alone must
+    # tell that it was computed with summary_every=40.
+    out = tmp_path / "s.nc"
+    options = dict(output=out, batch_size=1)
+    with pytest.raises(KeyboardInterrupt):
+        sweep(BASE, {"seed": [0, 1]}, summary_every=40, progress=_interrupt_after(1), **options)
+    seen = []
+    ds = sweep(
+        BASE, {"seed": [0, 1]}, summary_every=20, progress=lambda d, t: seen.append(d), **options
+    )
+    assert seen[0] == 0
+    assert ds["summary_step"].values.tolist() == [0, 20, 40]
+    assert np.isfinite(ds["loss"].values).all()

@@ -67,6 +67,7 @@ def test_post_hoc_top_k_equals_exact_eigh(run64, exact, warm):
     # Steps out of order: a warm trajectory still runs forward in time (and says so).
     result = hessian_trajectory(run64, steps=[200, 0, 100], k=3, warm=warm)
     assert ("hessian_restarted" in result) == warm
+    np.testing.assert_array_equal(result["eigen_index"], [1, 2, 3])  # λ1 is eigen_index=1
     if warm:
         np.testing.assert_array_equal(result["step"], [0, 100, 200])
         # The first checkpoint starts cold, the next ones from the previous vectors.
@@ -133,6 +134,12 @@ def test_ntk_subset(run64):
         np.linalg.eigvalsh(np.asarray(kernel))[::-1],
         rtol=1e-9,
         atol=1e-9,
+    )
+    # The stability factors 1 − ηλ/N count the subset's samples: N = 30, not 300.
+    np.testing.assert_allclose(
+        sub["ntk_stability_factors"].values[0],
+        1 - 1.0 * sub["ntk_spectrum"].values[0] / 30,
+        rtol=1e-12,
     )
     with pytest.raises(ValueError, match=r"subset must be an integer in \[1, 300\]"):
         ntk_trajectory(run64, steps=[0], full=True, subset=0)
