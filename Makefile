@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/dynloss demo --overwrite
 
 # One pytest worker per core (pytest-xdist), each test file on one worker so that module
-# fixtures (trained runs) are built once: 10 min instead of 13 on 2 cores.
+# fixtures (trained runs) are built once: 10-11.5 min instead of 13 on 2 cores.
 test: $(STAMP)
 	MPLBACKEND=Agg $(BIN)/python -m pytest -q -n auto --dist loadfile
 
