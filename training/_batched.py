@@ -42,6 +42,7 @@ from training._trainer import (
     Problem,
     _flat,
     _siblings_or_none,
+    accuracy,
     build,
     cached,
     hyper_of,
@@ -223,9 +224,9 @@ def _make_final(problem: Problem, steps: int) -> Callable:
         return {
             "final_loss": run.loss(out, y, gamma),
             "final_static_loss": run.static_loss(out, y),
-            "final_train_accuracy": jnp.mean(jnp.argmax(out, -1) == y, dtype=dtype),
+            "final_train_accuracy": accuracy(out, y, dtype),
             "final_val_loss": run.static_loss(out_val, y_val),
-            "final_val_accuracy": jnp.mean(jnp.argmax(out_val, -1) == y_val, dtype=dtype),
+            "final_val_accuracy": accuracy(out_val, y_val, dtype),
         }
 
     return jax.jit(jax.vmap(final))

@@ -344,6 +344,12 @@ def metric_layout(
     return var_dims, sizes
 
 
+def accuracy(outputs: jax.Array, labels: jax.Array, dtype: Any) -> jax.Array:
+    """Fraction of samples whose largest output is their label, computed in ``dtype`` (the mean
+    of a bool array is float32 even under 64-bit mode)."""
+    return jnp.mean(jnp.argmax(outputs, -1) == labels, dtype=dtype)
+
+
 def make_step(
     problem: Problem, metrics: NamedMetrics = (), *, summary_every: int | None = None
 ) -> Callable:
@@ -382,7 +388,7 @@ def make_step(
 
     def evaluate(params: Params) -> tuple[jax.Array, jax.Array]:
         out = apply(params, x_val)
-        return static_loss(out, y_val), jnp.mean(jnp.argmax(out, -1) == y_val, dtype=dtype)
+        return static_loss(out, y_val), accuracy(out, y_val, dtype)
 
     def skip_eval(params: Params) -> tuple[jax.Array, jax.Array]:
         del params
@@ -392,7 +398,7 @@ def make_step(
     def observe(out: jax.Array, yb: jax.Array, grads: Params) -> dict:
         return {
             "static_loss": static_loss(out, yb),
-            "train_accuracy": jnp.mean(jnp.argmax(out, -1) == yb, dtype=dtype),
+            "train_accuracy": accuracy(out, yb, dtype),
             "grad_norm": optax.tree.norm(grads).astype(dtype),
         }
 
