@@ -72,7 +72,7 @@ def _select_steps(ds: xr.Dataset, steps: Sequence[int] | None) -> np.ndarray:
 
 
 def _dataset(
-    name: str, metric: Metric, steps: list[int], rows: list[Any], run_attrs: dict
+    name: str, metric: Metric, steps: list[int], rows: list[Any], run_attrs: dict, dtype: Any
 ) -> xr.Dataset:
     if not rows:
         return xr.Dataset(coords={STEP: np.asarray(steps[:0], np.int64)})
@@ -81,8 +81,8 @@ def _dataset(
     per_row = [variables(name, metric, row) for row in rows]
     for var, extra in dims.items():
         values = np.stack([np.asarray(row[var]) for row in per_row])
-        if values.dtype.kind in "biu":
-            values = values.astype(np.float64)
+        if values.dtype.kind in "biu":  # flags and counts as the trainer records them
+            values = values.astype(dtype)
         data[var] = ((STEP, *extra), values)
     ds = xr.Dataset(data, coords={STEP: np.asarray(steps[: len(rows)], np.int64)})
     for var, attrs in (metric.attrs or {}).items():
@@ -110,7 +110,8 @@ def map_checkpoints(
     trainer passes to online metrics, so the same function gives the same values post hoc and
     during training. Return values (scalars, arrays, or dicts of them) are stacked along a
     ``step`` dimension; extra dimensions are ``f"{variable}_dim_{i}"`` unless ``fn`` is a
-    :class:`training.Metric` naming them.
+    :class:`training.Metric` naming them. Integer and boolean values (counts, flags) are
+    stored in the run's float dtype, as the trainer stores them, so a step left out can hold NaN.
 
     Execution: a stateless ``fn`` (a plain function, or a Metric whose state is empty) is
     first tried ``jax.jit(jax.vmap(...))`` over batches of
@@ -179,7 +180,7 @@ def map_checkpoints(
             else:
                 _run_stateful(problem, template, metric, selected, params_at, rows, bar)
         except _StepError as failure:
-            partial = _dataset(name, metric, selected, rows, ds.attrs)
+            partial = _dataset(name, metric, selected, rows, ds.attrs, problem.dtype)
             written = ""
             if append and rows:
                 try:  # merged with earlier results of the same shape, never replacing them
@@ -198,7 +199,7 @@ def map_checkpoints(
             bar.close()
             if opened:  # the run file is not held open after the call
                 ds.close()
-    result = _dataset(name, metric, selected, rows, ds.attrs)
+    result = _dataset(name, metric, selected, rows, ds.attrs, problem.dtype)
     if append:
         write_sibling(run, name, result, overwrite=overwrite)
     return result

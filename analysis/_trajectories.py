@@ -353,7 +353,8 @@ def _finish(
     result = result.assign_attrs(options=_options_attr(options))
     for dim in ("eigen_index", "ntk_eigen_index", NTK_MODE):
         if dim in result.dims:
-            result = result.assign_coords({dim: np.arange(1, result.sizes[dim] + 1)})
+            index = np.arange(1, result.sizes[dim] + 1, dtype=np.int32)  # as in run files
+            result = result.assign_coords({dim: index})
     if append:  # run is a path (_check_append)
         write_sibling(run, kind, result, overwrite=overwrite)
     return result

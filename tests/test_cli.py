@@ -183,6 +183,12 @@ def test_detect_hessian_ntk(lr_runs, capsys):
     assert "divergent" in capsys.readouterr().out
     ds = open_run(run)
     assert "ntk_spectrum" in ds and "hessian_eigenvalues_hessian" in ds
+    # Post-hoc results are stored as the trainer stores them: the restart flag in the run's
+    # float32, eigen indices int32.
+    for name in ("hessian_eigenvalues", "hessian_restarted"):
+        assert ds[f"{name}_hessian"].dtype == ds[name].dtype == np.float32, name
+    for dim in ds["hessian_eigenvalues_hessian"].dims[1:] + ds["hessian_eigenvalues"].dims[1:]:
+        assert ds[dim].dtype == np.int32, dim
 
 
 def test_fit_and_plots(lr_runs, tmp_path, capsys):
