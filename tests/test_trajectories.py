@@ -194,4 +194,3 @@ def test_hessian_tol_sets_the_online_tracker_tolerance(tmp_path):
         relres[tol] = (residuals / np.abs(values))[1:]
     assert np.max(relres[1e-7]) <= 1e-6  # refined to the tight tolerance (or restarted cold)
     assert np.median(relres[1e-1]) > 10 * np.median(relres[1e-7])  # the loose one stopped early
-
