@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from curvature._checks import integer_at_least
 from training import (
     Context,
     Metric,
@@ -143,8 +144,7 @@ def map_checkpoints(
     """
     if append and not isinstance(run, str | Path):
         raise ValueError("append=True needs the run's file path, not an opened Dataset.")
-    if batch is not None and (not isinstance(batch, int) or batch < 1):
-        raise ValueError(f"batch must be an integer >= 1 or None (got {batch!r}).")
+    batch = integer_at_least("batch", batch, 1, optional=True)
     metric = as_metric(fn)
     name = name or getattr(fn, "__name__", None) or "diagnostic"
     if name == "<lambda>":

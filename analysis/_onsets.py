@@ -22,6 +22,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import xarray as xr
 
+from curvature._checks import integer_at_least
+
 __all__ = ["METHODS", "branch_labels", "detect_onsets", "run_config"]
 
 STEP = "step"
@@ -381,12 +383,6 @@ def _period_indices(run: xr.Dataset, steps: np.ndarray, config: dict[str, Any]) 
 # --------------------------------------------------------------------------- validation
 
 
-def _check_int(name: str, value: object, minimum: int, note: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum} (got {value!r}){note}.")
-    return int(value)
-
-
 def _check_fraction(name: str, value: float, *, closed_low: bool, closed_high: bool) -> float:
     value = float(value)
     low_ok = value >= 0 if closed_low else value > 0
@@ -537,7 +533,7 @@ def detect_onsets(
         raise TypeError(f"run must be an xarray.Dataset (got {type(run).__name__}).")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS} (got {method!r}).")
-    window = _check_int("window", window, 2)
+    window = integer_at_least("window", window, 2)
     min_fraction = _check_fraction("min_fraction", min_fraction, closed_low=False, closed_high=True)
     min_amplitude = _check_fraction(
         "min_amplitude", min_amplitude, closed_low=True, closed_high=False
@@ -550,13 +546,15 @@ def detect_onsets(
     branch_tolerance = _check_fraction(
         "branch_tolerance", branch_tolerance, closed_low=False, closed_high=False
     )
-    max_period = _check_int("max_period", max_period, 2)
+    max_period = integer_at_least("max_period", max_period, 2)
     if max_period & (max_period - 1):
         raise ValueError(f"max_period must be a power of two >= 2 (got {max_period}).")
     if merge_gap is not None:
-        merge_gap = _check_int("merge_gap", merge_gap, 0)
+        merge_gap = integer_at_least("merge_gap", merge_gap, 0)
     default_length = 2 if method == "lambda_jump" else max(2, window // 2)
-    min_length = default_length if min_length is None else _check_int("min_length", min_length, 1)
+    min_length = (
+        default_length if min_length is None else integer_at_least("min_length", min_length, 1)
+    )
 
     x = _read_series(run, variable)
     steps = np.asarray(run[STEP].values if STEP in run.coords else np.arange(x.size))

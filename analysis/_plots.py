@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from analysis._onsets import run_config
 from analysis._scaling import ScalingFit, stability_limit
+from curvature._checks import integer_at_least
 
 __all__ = [
     "plot_gradient_projection",
@@ -305,12 +306,7 @@ def plot_run(
                 f"zoom must be a pair of steps (start, stop) with start < stop (got {zoom})."
             )
         zoom = (int(zoom[0]), int(zoom[1]))
-    if eigen_count is not None and (
-        isinstance(eigen_count, bool)
-        or not isinstance(eigen_count, int | np.integer)
-        or eigen_count < 1
-    ):
-        raise ValueError(f"eigen_count must be an integer >= 1 or None (got {eigen_count!r}).")
+    eigen_count = integer_at_least("eigen_count", eigen_count, 1, optional=True)
     config = _run_config(run)
     marks = _onset_marks(onsets)
     threshold_value = _threshold_value(onsets)

@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import xarray as xr
 
+from curvature._checks import integer_at_least
 from training import TrainConfig
 from training._batched import (
     DEFAULT_LANES,
@@ -334,16 +335,6 @@ def _load_part(path: Path) -> xr.Dataset:
         return ds.load()
 
 
-def _int(name: str, value: Any, minimum: int, *, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(
-            f"{name} must be an integer >= {minimum}{' or None' if optional else ''} "
-            f"(got {value!r})."
-        )
-
-
 def _progress_bar(total: int) -> tuple[SweepProgress, Callable[[], None]]:
     from analysis._progress import start_bar
 
@@ -423,10 +414,9 @@ def sweep(
         )
     if not isinstance(overwrite, bool):
         raise ValueError(f"overwrite must be True or False (got {overwrite!r}).")
-    _int("batch_size", batch_size, 1)
-    _int("workers", workers, 1, optional=True)
-    lanes = DEFAULT_LANES if lanes is None else lanes
-    _int("lanes", lanes, 1)
+    batch_size = integer_at_least("batch_size", batch_size, 1)
+    workers = integer_at_least("workers", workers, 1, optional=True)
+    lanes = integer_at_least("lanes", DEFAULT_LANES if lanes is None else lanes, 1)
     if scheduler is not None and workers is not None:
         raise ValueError(
             "give either scheduler (an existing cluster) or workers (a local cluster), not both."

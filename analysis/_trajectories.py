@@ -19,6 +19,7 @@ import xarray as xr
 
 from analysis._map import integer_steps, map_checkpoints
 from curvature import empirical_ntk, ntk_spectrum, spectral_density, stability_factors
+from curvature._checks import is_integer
 from training import Context, Metric, check_sibling, config_of, open_run, write_sibling
 from training._diagnostics import hessian_metric, ntk_metric
 
@@ -251,11 +252,12 @@ def ntk_trajectory(
     num_samples = config.points_per_class * config.num_classes
     index = None
     if subset is not None:
-        if not isinstance(subset, int) or not 1 <= subset <= num_samples:
+        if not is_integer(subset) or not 1 <= subset <= num_samples:
             raise ValueError(
                 f"subset must be an integer in [1, {num_samples}] (the training samples) "
                 f"(got {subset!r})."
             )
+        subset = int(subset)  # NumPy's integers too, so the options attribute serialises
         index = np.round(np.linspace(0, num_samples - 1, subset)).astype(np.int64)
         num_samples = subset
     recorded = {"full": full, "eigenvectors": eigenvectors, "subset": subset, **options}

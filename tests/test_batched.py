@@ -148,6 +148,8 @@ def test_shape_key_groups_only_batchable_fields():
         ([BASE], {"summary_every": 0}, "summary_every must be an integer >= 1"),
         ([BASE], {"summary_every": 30}, "summary_every must be a multiple of eval_every=20"),
         ([BASE], {"lanes": 0}, "lanes must be an integer >= 1"),
+        ([BASE], {"lanes": True}, r"lanes must be an integer >= 1 \(got True\)"),
+        ([BASE], {"summary_every": True}, r"summary_every must be an integer >= 1 \(got True"),
         ([BASE], {"chunk_steps": 0}, "chunk_steps must be an integer >= 1"),
         ([BASE], {"run_files": ["a.nc", "b.nc"]}, "run_files must hold one path per config"),
     ],

@@ -66,6 +66,8 @@ def test_deterministic_and_seeded():
     [
         ({"points_per_class": 0}, "points_per_class must be an integer >= 1"),
         ({"num_classes": 1}, "num_classes must be an integer >= 2"),
+        ({"num_classes": True}, r"num_classes must be an integer >= 2 \(got True\)"),
+        ({"points_per_class": 5.0}, r"points_per_class must be an integer >= 1 \(got 5.0\)"),
         ({"noise": -0.1}, "noise must be >= 0"),
     ],
 )

@@ -82,7 +82,8 @@ def test_short_last_batch_is_padded_and_compiled_once(run):
         return loss_at
 
     split, whole = [], []
-    post = map_checkpoints(run, traced(split), batch=2, name="loss_at")  # batches 2, 2, 1 + pad
+    # batches 2, 2, 1 + pad (a NumPy integer is an integer)
+    post = map_checkpoints(run, traced(split), batch=np.int64(2), name="loss_at")
     one = map_checkpoints(run, traced(whole), batch=5, name="loss_at")
     np.testing.assert_array_equal(post["step"], [0, 50, 100, 150, 200])
     np.testing.assert_allclose(post["loss_at"], one["loss_at"], rtol=1e-6)
@@ -142,8 +143,10 @@ def test_bad_inputs(run):
         map_checkpoints(run, grad_cosine, steps=[])
     with pytest.raises(ValueError, match="a lambda has no name"):
         map_checkpoints(run, lambda ctx: 1.0)
-    with pytest.raises(ValueError, match="batch must be an integer >= 1"):
-        map_checkpoints(run, grad_cosine, batch=0)
+    for batch in (0, True, 2.0):
+        message = rf"batch must be an integer >= 1 or None \(got {batch}\)"
+        with pytest.raises(ValueError, match=message):
+            map_checkpoints(run, grad_cosine, batch=batch)
     with pytest.raises(ValueError, match="append=True needs the run's file path"):
         map_checkpoints(open_run(run), grad_cosine, append=True)
 

@@ -99,6 +99,9 @@ def test_float64_params(x64):
     ("args", "kwargs", "message"),
     [
         (((0,), 3), {}, "hidden_widths must be integers >= 1"),
+        (((True,), 3), {}, "hidden_widths must be integers >= 1"),
+        (((10,), True), {}, r"num_classes must be an integer >= 1 \(got True\)"),
+        (((10,), 2.0), {}, r"num_classes must be an integer >= 1 \(got 2.0\)"),
         (((10,), 3), {"parameterization": "mup"}, "parameterization must be one of"),
         (((10,), 3), {"init": "he"}, "init must be one of"),
         (((10,), 3), {"parameterization": "ntk", "b_std": 0.0}, "would silently remove"),

@@ -307,6 +307,7 @@ def test_bad_stop_last_period(base, grid, value, message):
         ({"seed": [0]}, {"batch_size": 0}, ValueError, "batch_size must be an integer >= 1"),
         ({"seed": [0]}, {"workers": 0}, ValueError, "workers must be an integer >= 1"),
         ({"seed": [0]}, {"lanes": 0}, ValueError, "lanes must be an integer >= 1"),
+        ({"seed": [0]}, {"lanes": True}, ValueError, r"lanes must be an integer >= 1 \(got True"),
         ({"seed": [0]}, {"summary_every": 30}, ValueError, "multiple of eval_every=20"),
         ({"seed": [0]}, {"workers": 2, "scheduler": "tcp://x:1"}, ValueError, "not both"),
         ({"seed": [0]}, {"scheduler": 5}, ValueError, "scheduler must be an address string"),

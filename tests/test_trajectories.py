@@ -127,7 +127,7 @@ def test_ntk_subset(run64):
     r = restore(run64, 0)
     idx = np.round(np.linspace(0, 299, 30)).astype(int)
     kernel = ntk_matrix(empirical_ntk(r.model.apply, r.params, r.data.x_train[idx]))
-    sub = ntk_trajectory(run64, steps=[0], full=True, subset=30)
+    sub = ntk_trajectory(run64, steps=[0], full=True, subset=np.int64(30))  # NumPy's too
     assert sub.sizes["ntk_mode"] == 90
     np.testing.assert_allclose(
         sub["ntk_spectrum"].values[0],
@@ -141,8 +141,9 @@ def test_ntk_subset(run64):
         1 - 1.0 * sub["ntk_spectrum"].values[0] / 30,
         rtol=1e-12,
     )
-    with pytest.raises(ValueError, match=r"subset must be an integer in \[1, 300\]"):
-        ntk_trajectory(run64, steps=[0], full=True, subset=0)
+    for subset in (0, True, 30.0):
+        with pytest.raises(ValueError, match=r"subset must be an integer in \[1, 300\]"):
+            ntk_trajectory(run64, steps=[0], full=True, subset=subset)
     with pytest.raises(ValueError, match="eigenvectors=True needs full=True"):
         ntk_trajectory(run64, steps=[0], eigenvectors=True)
 

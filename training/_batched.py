@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from curvature._checks import integer_at_least
 from training._config import TrainConfig
 from training._runfile import RunWriter
 from training._trainer import (
@@ -151,15 +152,13 @@ def check_batch(
             f"{first.hessian_top_k} and {first.ntk_top_k}); compute Hessian/NTK trajectories of "
             "chosen runs afterwards from their run files."
         )
-    if isinstance(summary_every, bool) or not isinstance(summary_every, int) or summary_every < 1:
-        raise ValueError(f"summary_every must be an integer >= 1 (got {summary_every!r}).")
+    summary_every = integer_at_least("summary_every", summary_every, 1)
     if summary_every % first.eval_every:
         raise ValueError(
             f"summary_every must be a multiple of eval_every={first.eval_every} so that the "
             f"validation metrics exist at every summary step (got {summary_every})."
         )
-    if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
-        raise ValueError(f"lanes must be an integer >= 1 (got {lanes!r}).")
+    integer_at_least("lanes", lanes, 1)
     return configs
 
 
@@ -353,8 +352,7 @@ def train_batch(
     elif not isinstance(overwrite, bool):
         raise ValueError(f"overwrite must be True or False (got {overwrite!r}).")
     chunk_steps = first.chunk_steps if chunk_steps is None else chunk_steps
-    if isinstance(chunk_steps, bool) or not isinstance(chunk_steps, int) or chunk_steps < 1:
-        raise ValueError(f"chunk_steps must be an integer >= 1 (got {chunk_steps!r}).")
+    chunk_steps = integer_at_least("chunk_steps", chunk_steps, 1)
     with precision(first.dtype):
         return _train_batch(configs, summary_every, run_files, lanes, chunk_steps, progress)
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import tomli_w
 
+from curvature._checks import integer_at_least, is_integer
 from schedules import LOSSES, SHAPES
 from training._models import INITS, PARAMETERIZATIONS
 
@@ -114,7 +115,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         widths = self.hidden_widths
-        if _is_integer(widths):
+        if is_integer(widths):
             widths = (widths,)
         try:
             widths = tuple(widths)
@@ -123,7 +124,7 @@ class TrainConfig:
                 f"hidden_widths must be a non-empty list of integers >= 1 (got {widths!r})."
             ) from None
         # NumPy integers (a sweep's grid values) become Python ints, so the config serialises.
-        widths = tuple(int(w) if _is_integer(w) else w for w in widths)
+        widths = tuple(int(w) if is_integer(w) else w for w in widths)
         object.__setattr__(self, "hidden_widths", widths)
         if self.output is not None:
             object.__setattr__(self, "output", str(self.output))
@@ -138,7 +139,7 @@ class TrainConfig:
             object.__setattr__(self, name, float(value))
         for name in INTEGER_FIELDS:
             value = getattr(self, name)
-            if _is_integer(value):
+            if is_integer(value):
                 object.__setattr__(self, name, int(value))
         if isinstance(self.projection, np.bool_):
             object.__setattr__(self, "projection", bool(self.projection))
@@ -218,11 +219,6 @@ def _is_real(value: Any) -> bool:
     )
 
 
-def _is_integer(value: Any) -> bool:
-    """An integer, Python or NumPy, but not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
-
-
 def _choice(config: TrainConfig, name: str, allowed: tuple[str, ...]) -> None:
     value = getattr(config, name)
     if value not in allowed:
@@ -230,12 +226,7 @@ def _choice(config: TrainConfig, name: str, allowed: tuple[str, ...]) -> None:
 
 
 def _integer(config: TrainConfig, name: str, minimum: int, *, optional: bool = False) -> None:
-    value = getattr(config, name)
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        suffix = " or None" if optional else ""
-        raise ValueError(f"{name} must be an integer >= {minimum}{suffix} (got {value!r}).")
+    integer_at_least(name, getattr(config, name), minimum, optional=optional)
 
 
 def _validate(c: TrainConfig) -> None:
@@ -283,9 +274,7 @@ def _validate(c: TrainConfig) -> None:
         )
     _integer(c, "batch_size", 1, optional=True)
     _integer(c, "stop_after", 0, optional=True)
-    if not c.hidden_widths or any(
-        isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in c.hidden_widths
-    ):
+    if not c.hidden_widths or any(not is_integer(w) or w < 1 for w in c.hidden_widths):
         raise ValueError(
             f"hidden_widths must be a non-empty list of integers >= 1 (got {c.hidden_widths!r})."
         )

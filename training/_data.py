@@ -6,6 +6,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from curvature._checks import integer_at_least
+
 
 class Data(NamedTuple):
     """A labelled dataset with its training and validation splits.
@@ -55,10 +57,8 @@ def spiral(
       :class:`Data` with ``x_train`` (C·points_per_class, 2) float32, ``y_train`` int32, and a
       validation split of the same size.
     """
-    if not isinstance(points_per_class, int | np.integer) or points_per_class < 1:
-        raise ValueError(f"points_per_class must be an integer >= 1 (got {points_per_class!r}).")
-    if not isinstance(num_classes, int | np.integer) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2 (got {num_classes!r}).")
+    points_per_class = integer_at_least("points_per_class", points_per_class, 1)
+    num_classes = integer_at_least("num_classes", num_classes, 2)
     if not noise >= 0:
         raise ValueError(f"noise must be >= 0 (got {noise!r}).")
     train_seq, val_seq = np.random.SeedSequence(seed).spawn(2)

@@ -8,6 +8,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from curvature._checks import integer_at_least, is_integer
+
 Params = Any
 """A pytree of arrays: for :func:`mlp`, a list of ``{"w": (fan_in, fan_out), "b": (fan_out,)}``."""
 
@@ -87,10 +89,9 @@ def mlp(
     """
     widths = tuple(hidden_widths)
     for w in widths:
-        if not isinstance(w, int) or isinstance(w, bool) or w < 1:
+        if not is_integer(w) or w < 1:
             raise ValueError(f"hidden_widths must be integers >= 1 (got {widths!r}).")
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be an integer >= 1 (got {num_classes!r}).")
+    num_classes = integer_at_least("num_classes", num_classes, 1)
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(
             f"parameterization must be one of {PARAMETERIZATIONS} (got {parameterization!r})."

@@ -20,6 +20,7 @@ import optax
 import xarray as xr
 from jax.flatten_util import ravel_pytree
 
+from curvature._checks import is_integer
 from schedules import (
     STATIC_OF,
     Schedule,
@@ -369,10 +370,7 @@ def make_step(
     """
     config, dtype = problem.config, problem.dtype
     if summary_every is not None and (
-        isinstance(summary_every, bool)
-        or not isinstance(summary_every, int)
-        or summary_every < 1
-        or summary_every % config.eval_every
+        not is_integer(summary_every) or summary_every < 1 or summary_every % config.eval_every
     ):
         raise ValueError(
             f"summary_every must be None or a positive multiple of eval_every={config.eval_every} "
