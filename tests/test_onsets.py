@@ -570,3 +570,47 @@ def test_bad_runs_are_rejected():
     bad_eig = make_run(np.ones(100)).assign(hessian_eigenvalues=("step", np.ones(100)))
     with pytest.raises(ValueError, match="hessian_eigenvalues must have the dimensions"):
         detect_onsets(bad_eig)
+
+
+def test_decaying_transient_kept_only_when_its_alternation_doubled_before_the_onset():
+    # _drop_decaying's third condition: the alternating part |Δ²F| over the 4 steps before the
+    # onset is >= 2x its mean over the half window before those (the instability grew into
+    # the episode). Here 1.75x is a decaying transient (dropped), 2.5x is kept.
+    from analysis._onsets import _drop_decaying, _Episodes
+
+    start, end, window = 200, 400, 32
+    episode = _Episodes(np.array([start]), np.array([end]))
+    t = np.arange(600)
+
+    def series(recent: float, earlier: float = 1e-3) -> np.ndarray:
+        amplitude = np.where(t < start - 4, earlier, recent)
+        amplitude = np.where(t >= start, 0.05 * 0.98 ** (t - start), amplitude)  # fades
+        return 1.0 + np.where(t > end, 0.0, amplitude) * (-1.0) ** t
+
+    for recent, ratio, kept in ((2e-3, 1.75, 0), (3e-3, 2.5, 1)):
+        x = series(recent)
+        alternating = np.abs(np.diff(x, n=2))  # alternating[i] is |Δ²F| at step i + 2
+        growth = (
+            alternating[start - 6 : start - 2].mean() / alternating[start - 22 : start - 6].mean()
+        )
+        assert growth == pytest.approx(ratio)
+        assert _drop_decaying(x, episode, window).start.size == kept
+
+
+@pytest.mark.parametrize(("length", "found"), [(7, False), (8, True)])
+def test_a_doubling_counts_once_it_holds_a_quarter_window(monkeypatch, length, found):
+    # Branch labels with a period-4 stretch of `length` steps inside a period-2 episode: with
+    # window 32 a doubling must hold window // 4 = 8 steps to be reported.
+    import analysis._onsets
+
+    labels = np.ones(600, dtype=np.int64)
+    labels[100:300] = 2
+    labels[150 : 150 + length] = 4
+    monkeypatch.setattr(analysis._onsets, "branch_labels", lambda x, **kwargs: labels)
+    onsets = detect_onsets(
+        make_run(np.ones(600)), method="branches", window=32, drop_decaying=False
+    )
+    assert onsets.sizes["onset"] == 1 and int(onsets.onset_step[0]) == 100
+    doubling = onsets["doubling_step"].sel(doubling=4).values[0]
+    assert doubling == (150 if found else -1)
+    assert int(onsets.branches[0]) == (4 if found else 2)
