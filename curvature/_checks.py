@@ -18,13 +18,13 @@ def positive_int(name: str, value: object, detail: str = "") -> int:
 
 
 def integer_at_least(
-    name: str, value: object, minimum: int, *, optional: bool = False, note: str = ""
+    name: str, value: object, minimum: int, *, optional: bool = False
 ) -> int | None:
     """``value`` as an ``int`` when it is an integer >= ``minimum`` (or None, when
-    ``optional``); otherwise a ValueError naming it, the range and ``note``."""
+    ``optional``); otherwise a ValueError naming it and the allowed range."""
     if optional and value is None:
         return None
     if not is_integer(value) or value < minimum:
         suffix = " or None" if optional else ""
-        raise ValueError(f"{name} must be an integer >= {minimum}{suffix} (got {value!r}){note}.")
+        raise ValueError(f"{name} must be an integer >= {minimum}{suffix} (got {value!r}).")
     return int(value)
