@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from training import TrainConfig, open_run, sibling_files, train
+from training._runfile import READ_ATTEMPTS
 
 DEMO_CONFIG = TrainConfig(
     hidden_widths=(100,),
@@ -154,27 +155,64 @@ def _last_finite(values: np.ndarray) -> float:
     return float(finite[-1]) if finite.size else float("nan")
 
 
+def _info_snapshot(path: str) -> dict[str, typing.Any]:
+    """What ``dynloss info`` prints, read eagerly from one opening of the run file (its
+    variables' names also from the post-hoc results merged beside it)."""
+    with open_run(path, siblings=False) as ds:
+        snapshot = {
+            "attrs": dict(ds.attrs),
+            "recorded": ds.sizes.get("step", 0),  # trained steps only
+            "params": ds.sizes.get("param", 0),
+            "checkpoints": ds["checkpoint_step"].values if "checkpoint_step" in ds else [],
+            "final": {
+                name: _last_finite(ds[name].values)
+                for name in ("loss", "static_loss", "train_accuracy", "val_accuracy", "val_loss")
+                if name in ds and ds.sizes.get("step", 0)
+            },
+        }
+    with open_run(path) as merged:
+        snapshot["variables"] = sorted(merged.data_vars)
+    return snapshot
+
+
+def _read_info(path: str) -> tuple[dict[str, typing.Any], bool]:
+    """A snapshot of the run, and whether it is consistent. A running trainer may append
+    while the file is read (HDF5 has no concurrent reader/writer guarantee): a read that fails
+    or sees records and ``last_complete_step`` disagree is retried, 0.2 s apart."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            snapshot = _info_snapshot(path)
+        except RuntimeError:  # "NetCDF: HDF error" in the middle of an append
+            if attempt == READ_ATTEMPTS - 1:
+                raise
+        else:
+            attrs = snapshot["attrs"]
+            if attrs.get("status") != "running":
+                return snapshot, True
+            if snapshot["recorded"] == int(attrs["last_complete_step"]) + 1:
+                return snapshot, True
+            if attempt == READ_ATTEMPTS - 1:
+                return snapshot, False
+        time.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
-    ds = open_run(args.run)
-    config = TrainConfig.from_json(ds.attrs["config"])
+    snapshot, consistent = _read_info(args.run)
+    attrs = snapshot["attrs"]
+    config = TrainConfig.from_json(attrs["config"])
     print(f"run file        {args.run}")
+    error = f" ({attrs['error']})" if "error" in attrs else ""
+    print(f"status          {attrs['status']}{error}")
     print(
-        f"status          {ds.attrs['status']}"
-        + (f" ({ds.attrs['error']})" if "error" in ds.attrs else "")
+        f"steps recorded  {snapshot['recorded']} of {config.steps} "
+        f"(last complete step {attrs['last_complete_step']})"
+        + ("" if consistent else "; read while the trainer was writing, ask again")
     )
-    # Trained steps only: merged post-hoc siblings may add steps (the final checkpoint's).
-    with open_run(args.run, siblings=False) as own:
-        recorded = own.sizes.get("step", 0)
-    print(
-        f"steps recorded  {recorded} of {config.steps} "
-        f"(last complete step {ds.attrs['last_complete_step']})"
-    )
-    print(
-        f"dynloss         {ds.attrs.get('dynloss_version')} (format {ds.attrs['format_version']})"
-    )
+    print(f"dynloss         {attrs.get('dynloss_version')} (format {attrs['format_version']})")
     print(
         f"model           {config.model} widths {list(config.hidden_widths)} "
-        f"({ds.sizes.get('param', 0)} parameters, {config.parameterization}, {config.init})"
+        f"({snapshot['params']} parameters, {config.parameterization}, {config.init})"
     )
     print(
         f"loss            {config.loss}, schedule {config.schedule} A={config.amplitude:g} "
@@ -188,20 +226,19 @@ def _cmd_info(args: argparse.Namespace) -> int:
         f"data            {config.dataset}, batch {config.batch_size or 'full'}, "
         f"seed {config.seed}, {config.dtype}"
     )
-    ckpts = ds["checkpoint_step"].values if "checkpoint_step" in ds else np.array([])
-    if ckpts.size:
-        print(f"checkpoints     {ckpts.size}: steps {int(ckpts[0])} … {int(ckpts[-1])}")
-    if "diverged_at_step" in ds.attrs:
+    ckpts = snapshot["checkpoints"]
+    if len(ckpts):
+        print(f"checkpoints     {len(ckpts)}: steps {int(ckpts[0])} … {int(ckpts[-1])}")
+    if "diverged_at_step" in attrs:
         print(
-            f"diverged at     step {ds.attrs['diverged_at_step']} (non-finite loss); the final "
+            f"diverged at     step {attrs['diverged_at_step']} (non-finite loss); the final "
             "metrics below are the last finite values before it"
         )
-    if ds.sizes.get("step", 0):
+    if snapshot["final"]:
         print("final metrics:")
-        for name in ("loss", "static_loss", "train_accuracy", "val_accuracy", "val_loss"):
-            if name in ds:
-                print(f"  {name:<15} {_last_finite(ds[name].values):.6g}")
-    print("variables       " + ", ".join(sorted(ds.data_vars)))
+        for name, value in snapshot["final"].items():
+            print(f"  {name:<15} {value:.6g}")
+    print("variables       " + ", ".join(snapshot["variables"]))
     return 0
 
 

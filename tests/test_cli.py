@@ -366,3 +366,25 @@ def test_steps_ranges_count_the_stride_from_their_start():
     saved = np.array([0, 50, 100, 150, 200])
     assert parse_steps(["50:201:100"], saved) == [50, 150]
     assert parse_steps(["100:"], saved) == [100, 150, 200]
+
+
+def test_info_rereads_a_running_run_caught_in_the_middle_of_an_append(monkeypatch):
+    # A read that fails with HDF5's error, or sees records and last_complete_step disagree, is
+    # retried; `info` never crashes on it and says when it could not get a consistent read.
+    import analysis._cli
+
+    monkeypatch.setattr(analysis._cli.time, "sleep", lambda seconds: None)
+    running = {"status": "running", "last_complete_step": 999}
+    ahead, consistent = {"attrs": running, "recorded": 2000}, {"attrs": running, "recorded": 1000}
+    reads = iter([RuntimeError("NetCDF: HDF error"), ahead, consistent])
+
+    def snapshot(path):
+        value = next(reads)
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    monkeypatch.setattr(analysis._cli, "_info_snapshot", snapshot)
+    assert analysis._cli._read_info("run.nc") == (consistent, True)
+    monkeypatch.setattr(analysis._cli, "_info_snapshot", lambda path: ahead)
+    assert analysis._cli._read_info("run.nc") == (ahead, False)

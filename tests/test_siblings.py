@@ -1,5 +1,11 @@
 """Post-hoc result files next to a run: what is merged, what is kept, what is never touched."""
 
+import json
+import os
+import subprocess
+import sys
+import time
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -231,3 +237,86 @@ def test_overwrite_discards_every_earlier_step_as_its_help_says(runs, capsys):
     assert main(command) == 0  # the same shape and options
     with xr.open_dataset(sibling_path(first, "hessian")) as ds:
         np.testing.assert_array_equal(ds["step"], [0])
+
+
+def test_overwrite_that_cannot_open_the_output_keeps_the_results(runs, monkeypatch):
+    # A protected run file (chmod a-w, or any failure to open it): the old run and its
+    # post-hoc results stay, since results are deleted only once the new file is open.
+    import training._runfile
+
+    first, _ = runs
+    before = first.read_bytes()
+
+    def refuse(self, path, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(training._runfile.RunWriter, "__init__", refuse)
+    with pytest.raises(PermissionError):
+        train(TINY.replace(output=str(first)), overwrite=True)
+    monkeypatch.undo()
+    assert first.read_bytes() == before
+    assert sibling_files(first) == [sibling_path(first, "loss_value")]
+
+
+def test_an_output_created_meanwhile_by_another_process_is_not_replaced(tmp_path, monkeypatch):
+    # Two `train` calls started together with the same output both pass the first check; the
+    # file is created with NC_NOCLOBBER, so the later one is refused instead of mixing runs.
+    import training._trainer
+
+    path = tmp_path / "same.nc"
+    prepare = training._trainer._prepare
+
+    def prepare_while_another_run_starts(*args):
+        prepared = prepare(*args)
+        monkeypatch.setattr(training._trainer, "_prepare", prepare)
+        train(TINY.replace(seed=2, output=str(path)))  # the other process
+        return prepared
+
+    monkeypatch.setattr(training._trainer, "_prepare", prepare_while_another_run_starts)
+    with pytest.raises(FileExistsError, match="another process may have created it"):
+        train(TINY.replace(seed=1, output=str(path)))
+    monkeypatch.undo()
+    with open_run(path) as ds:
+        assert ds.attrs["status"] == "complete"
+        assert json.loads(ds.attrs["config"])["seed"] == 2
+
+
+CHILD = """
+import sys
+import xarray as xr
+from training import write_sibling
+part = xr.load_dataset(sys.argv[2])
+print("ready", flush=True)
+write_sibling(sys.argv[1], "loss_value", part)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the folder lock uses POSIX flock")
+def test_results_written_at_the_same_time_are_merged(runs):
+    # Another process (the child) writes step 40 while this one holds the folder lock and
+    # writes steps 0, 20, 60: the child waits for the lock, then merges with what it finds.
+    import fcntl
+
+    first, _ = runs
+    target = sibling_path(first, "loss_value")
+    part = first.parent / "part.nc"
+    map_checkpoints(first, loss_value, steps=[40]).to_netcdf(part)
+    ours = map_checkpoints(first, loss_value, steps=[0, 20, 60])
+    with xr.open_dataset(target) as earlier:
+        ours = ours.assign_attrs(source_config=earlier.attrs["source_config"])
+    folder = os.open(first.parent, os.O_RDONLY)
+    fcntl.flock(folder, fcntl.LOCK_EX)
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(first), str(part)], stdout=subprocess.PIPE, text=True
+        )
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(0.5)  # the child is now at the lock (without it, it would have merged)
+        ours.to_netcdf(first.parent / "ours.tmp")
+        os.replace(first.parent / "ours.tmp", target)
+    finally:
+        os.close(folder)
+    assert child.wait(timeout=120) == 0
+    with xr.open_dataset(target) as merged:
+        np.testing.assert_array_equal(merged["step"], [0, 20, 40, 60])
+    assert not list(first.parent.glob(".*.tmp"))  # no temporary files left behind

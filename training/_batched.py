@@ -42,7 +42,6 @@ from training._trainer import (
     Hyper,
     Problem,
     _flat,
-    _siblings_or_none,
     accuracy,
     build,
     cached,
@@ -255,9 +254,12 @@ def _compiled(
     return cached(_COMPILED, (shape_key(config), lanes, x64, summary_every), make)
 
 
-def _writer(path: Path, config: TrainConfig, problem: Problem, state: tuple) -> RunWriter:
+def _writer(
+    path: Path, config: TrainConfig, problem: Problem, state: tuple, overwrite: bool
+) -> RunWriter:
     """A run file laid out exactly as :func:`training.train` writes it (no metrics)."""
-    return open_writer(path, problem._replace(config=config.replace(output=str(path))), state)
+    problem = problem._replace(config=config.replace(output=str(path)))
+    return open_writer(path, problem, state, overwrite=overwrite)
 
 
 def check_run_files(
@@ -354,7 +356,9 @@ def train_batch(
     chunk_steps = first.chunk_steps if chunk_steps is None else chunk_steps
     chunk_steps = integer_at_least("chunk_steps", chunk_steps, 1)
     with precision(first.dtype):
-        return _train_batch(configs, summary_every, run_files, lanes, chunk_steps, progress)
+        return _train_batch(
+            configs, summary_every, run_files, lanes, chunk_steps, progress, overwrite
+        )
 
 
 def _train_batch(
@@ -364,6 +368,7 @@ def _train_batch(
     lanes: int,
     chunk_steps: int,
     progress: BatchProgress | None,
+    overwrite: bool,
 ) -> BatchResult:
     first = configs[0]
     num_runs, steps = len(configs), first.steps
@@ -388,14 +393,16 @@ def _train_batch(
     diverged_at = np.full(num_runs, -1, np.int64)
     writers = None
     if run_files is not None:
-        for path in run_files:  # overwrite (checked): the old run's post-hoc results go with it
-            if path is not None and path.exists():
-                for sibling in _siblings_or_none(path):
-                    sibling.unlink()
-        writers = [
-            None if p is None else _writer(p, c, problem, s)
-            for p, c, s in zip(run_files, configs, states, strict=True)
-        ]
+        writers = []
+        try:  # overwrite (checked): each old run's post-hoc results go once its new file is open
+            for p, c, s in zip(run_files, configs, states, strict=True):
+                writers.append(None if p is None else _writer(p, c, problem, s, overwrite))
+        except BaseException as error:
+            for writer in writers:
+                if writer is not None:
+                    writer.set_attrs(status="failed", error=f"{type(error).__name__}: {error}")
+                    writer.close()
+            raise
     keys = [np.asarray(jax.random.key_data(s[2]), np.uint32) for s in states]
     checkpoint_every = first.checkpoint_every if writers is not None else None
     try:

@@ -229,6 +229,16 @@ def _integer(config: TrainConfig, name: str, minimum: int, *, optional: bool = F
     integer_at_least(name, getattr(config, name), minimum, optional=optional)
 
 
+MAX_STEPS = 2**31 - 1
+MAX_SEED = 2**63 - 1
+
+
+def _at_most(config: TrainConfig, name: str, maximum: int, reason: str) -> None:
+    value = getattr(config, name)
+    if value > maximum:
+        raise ValueError(f"{name} must be <= {maximum} ({reason}) (got {value}).")
+
+
 def _validate(c: TrainConfig) -> None:
     _choice(c, "dataset", DATASETS)
     _choice(c, "model", MODELS)
@@ -243,6 +253,8 @@ def _validate(c: TrainConfig) -> None:
     _integer(c, "data_seed", 0)
     _integer(c, "steps", 1)
     _integer(c, "seed", 0)
+    _at_most(c, "steps", MAX_STEPS, "the step counter is a 32-bit integer")
+    _at_most(c, "seed", MAX_SEED, "JAX's random keys take 64-bit seeds")
     _integer(c, "checkpoint_every", 1)
     _integer(c, "eval_every", 1)
     _integer(c, "chunk_steps", 1)
@@ -294,6 +306,16 @@ def _validate(c: TrainConfig) -> None:
         raise ValueError(f"w_std must be a finite number > 0 (got {c.w_std!r}).")
     if c.b_std is not None and not (math.isfinite(c.b_std) and c.b_std >= 0):
         raise ValueError(f"b_std must be a finite number >= 0 or None (got {c.b_std!r}).")
+    if c.dtype == "float32":  # a value float32 rounds to inf or 0 would read as divergence
+        tiny, huge = float(np.finfo(np.float32).smallest_subnormal), float(np.finfo(np.float32).max)
+        for name in FLOAT_FIELDS:
+            value = getattr(c, name)
+            if value is not None and value != 0 and not tiny <= abs(value) <= huge:
+                raise ValueError(
+                    f"{name} = {value!r} is outside float32's range (its magnitude must lie "
+                    f"within [{tiny:.3g}, {huge:.3g}]); use "
+                    "dtype='float64' for it."
+                )
     num_train = c.points_per_class * c.num_classes
     if c.batch_size is not None and c.batch_size > num_train:
         raise ValueError(

@@ -23,10 +23,12 @@ Post-hoc analyses write sibling files ``RUN.<kind>.nc``; :func:`open_run` merges
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,11 @@ from typing import Any
 import netCDF4
 import numpy as np
 import xarray as xr
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: result files are written without a lock
+    fcntl = None
 
 FORMAT_VERSION = "1"
 STEP = "step"
@@ -101,10 +108,18 @@ class RunWriter:
         extra_variables: Mapping[str, tuple[tuple[str, ...], str, str]] | None = None,
         extra_dims: Mapping[str, int] | None = None,
         extra_attrs: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._nc = netCDF4.Dataset(self.path, "w", format="NETCDF4")
+        if not overwrite and self.path.exists():
+            raise FileExistsError(_exists_message(self.path))
+        try:  # NC_NOCLOBBER: a file created meanwhile (another process) is refused, not replaced
+            self._nc = netCDF4.Dataset(self.path, "w", clobber=overwrite, format="NETCDF4")
+        except OSError as error:
+            if not overwrite and self.path.exists():
+                raise FileExistsError(_exists_message(self.path)) from error
+            raise
         nc = self._nc
         nc.createDimension(STEP, None)
         nc.createDimension(CHECKPOINT, None)
@@ -250,6 +265,14 @@ def _is_sibling_of(attrs: Mapping[str, Any], run_config: str) -> bool:
     return attrs.get("source_config", attrs.get("run_config")) == run_config
 
 
+def _exists_message(path: Path) -> str:
+    return (
+        f"output {str(path)!r} already exists (another process may have created it since this "
+        "run started); choose another path or pass overwrite=True (--overwrite on the command "
+        "line) to replace it."
+    )
+
+
 def sibling_files(path: str | Path, run_attrs: Mapping[str, Any] | None = None) -> list[Path]:
     """The post-hoc result files ``RUN.<kind>.nc`` of the run at ``path``, sorted by name.
 
@@ -336,19 +359,41 @@ def write_sibling(
     file) is refused with ``FileExistsError`` unless ``overwrite``, which replaces the file as
     a whole: every earlier step in it is discarded, also where shape and options match.
     Results without a ``step`` dimension (detected onsets) replace the earlier ones. The file
-    is written under a temporary name, then renamed atomically.
+    is written under a temporary name, then renamed atomically; reading, merging and renaming
+    hold an exclusive lock on the folder, so processes writing results of one run at the same
+    time (``dynloss hessian`` on two halves of the steps) each merge with the other's.
     """
     run_path = Path(run_path)
     target = sibling_path(run_path, kind)
     config = _config_attr(run_path)
     if "run_config" not in result.attrs:
         result = result.assign_attrs(source_config=config)
-    if target.exists() and not overwrite:
-        result = _merge_into_existing(target, result, run_path, config)
-    tmp = target.with_name(target.name + ".tmp")
-    result.to_netcdf(tmp)
-    os.replace(tmp, target)
+    with _folder_lock(target.parent):
+        if target.exists() and not overwrite:
+            result = _merge_into_existing(target, result, run_path, config)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            result.to_netcdf(tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return target
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``folder`` for the block (none where fcntl is missing)."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 _OVERWRITE_HINT = "pass overwrite=True (--overwrite on the command line) to replace it"

@@ -539,20 +539,17 @@ def train(
             raise IsADirectoryError(f"output {str(out)!r} is a directory; give a file path.")
     with precision(config.dtype):
         prepared = _prepare(config, metrics or {})  # user errors surface before any file exists
-        if config.output is not None and Path(config.output).exists():
-            # overwrite: the old run's post-hoc results describe the old run (other runs that
-            # share the name's prefix are not touched).
-            for sibling in _siblings_or_none(Path(config.output)):
-                sibling.unlink()
         if config.output is None:
             fd, tmp = tempfile.mkstemp(suffix=".nc", prefix="dynloss-run-")
             os.close(fd)
             try:
-                _run(prepared, Path(tmp), progress)
+                _run(prepared, Path(tmp), progress, overwrite=True)
                 return _load(tmp)
             finally:
                 os.unlink(tmp)
-        _run(prepared, Path(config.output), progress)
+        # With overwrite, the old run's post-hoc results are deleted once the new file is open
+        # (other runs that share the name's prefix are not touched).
+        _run(prepared, Path(config.output), progress, overwrite=overwrite)
         return _load(config.output)
 
 
@@ -646,12 +643,18 @@ def open_writer(
     state: tuple[Params, Any, jax.Array],
     metrics: NamedMetrics = (),
     layout: tuple[dict[str, tuple[str, ...]], dict[str, int]] = ({}, {}),
+    *,
+    overwrite: bool = False,
 ) -> RunWriter:
     """Create the run file of ``problem`` at ``path``: the layout every run file shares.
 
     ``state`` is ``(params, opt_state, key)`` at step 0; ``metrics`` and their ``layout`` (from
-    :func:`metric_layout`) add the tracked variables.
+    :func:`metric_layout`) add the tracked variables. An existing file is refused (also one
+    that another process created since the caller checked) unless ``overwrite``; then the old
+    run's post-hoc siblings are deleted, but only once the new file is open, so a run that
+    cannot be replaced keeps its results.
     """
+    siblings = _siblings_or_none(path) if overwrite and path.exists() else []
     config = problem.config
     params, opt_state, key = state
     var_dims, dim_sizes = layout
@@ -669,7 +672,7 @@ def open_writer(
         for var, dims in var_dims.items()
     }
     np_dtype = np.float64 if config.dtype == "float64" else np.float32
-    return RunWriter(
+    writer = RunWriter(
         path,
         config_json=config.to_json(),
         num_classes=problem.data.num_classes,
@@ -682,16 +685,24 @@ def open_writer(
         extra_variables=extra_variables,
         extra_dims={dim: size for dim, size in dim_sizes.items() if dim != CLASS},
         extra_attrs={"metrics": json.dumps([name for name, _ in metrics])},
+        overwrite=overwrite,
     )
+    for sibling in siblings:  # the old run's results describe the old run
+        sibling.unlink(missing_ok=True)
+    return writer
 
 
-def _run(prepared: _Prepared, path: Path, progress: ProgressCallback | None) -> None:
+def _run(
+    prepared: _Prepared, path: Path, progress: ProgressCallback | None, *, overwrite: bool
+) -> None:
     problem, metrics, layout, run_chunk = prepared[:4]
     config = problem.config
     params, opt_state, key = initial_state(problem)
     np_dtype = np.float64 if config.dtype == "float64" else np.float32
     key_data = np.asarray(jax.random.key_data(key), np.uint32)
-    writer = open_writer(path, problem, (params, opt_state, key), metrics, layout)
+    writer = open_writer(
+        path, problem, (params, opt_state, key), metrics, layout, overwrite=overwrite
+    )
     carry = (params, opt_state, key, init_metric_states(problem, metrics, params), problem.hyper)
     status = "complete"
     try:
