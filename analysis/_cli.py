@@ -6,6 +6,7 @@ Every subcommand has ``--help`` with examples; the ones that write files print t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -249,8 +250,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from analysis._threshold import threshold
     from analysis._trajectories import ntk_trajectory
 
-    out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(args.output_dir)  # created with the run file, once the options are checked
     run_path = out_dir / "demo.nc"
     config = DEMO_CONFIG.replace(output=str(run_path))
     if args.steps is not None:
@@ -520,6 +520,9 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 
     ds = open_run(args.run)
     onsets = detect_onsets(ds, **_detect_options(args))
+    # A detection describes the whole run: a new one replaces the last one of this method.
+    # Written before anything is printed, so a closed pipe (`| head`) cannot lose it.
+    path = write_sibling(args.run, f"onsets-{args.method}", onsets, overwrite=True)
     print(f"{onsets.sizes['onset']} instabilities detected ({args.method})")
     if onsets.sizes["onset"]:
         print(_onset_table(onsets))
@@ -530,8 +533,6 @@ def _cmd_detect(args: argparse.Namespace) -> int:
             f"threshold λ_th = {th.mean:.4g} ± {th.std:.2g} (n = {th.count}); "
             f"2/η = {2 / eta:.4g}; λ_th·η/2 = {th.mean * eta / 2:.3f}"
         )
-    # A detection describes the whole run: a new one replaces the last one of this method.
-    path = write_sibling(args.run, f"onsets-{args.method}", onsets, overwrite=True)
     print(f"wrote {path}")
     return 0
 
@@ -933,6 +934,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # output piped into `head` and the like: files are written first
+        with contextlib.suppress(OSError, ValueError):  # no second error at Python's exit flush
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a shell reports a process ended by SIGPIPE
+    except KeyboardInterrupt:
+        print(
+            f"\ndynloss {args.command}: interrupted; the files written before are intact (a run "
+            "file records how far it got: dynloss info RUN.nc).",
+            file=sys.stderr,
+        )
+        return 130
     except (ValueError, OSError, DiagnosticError) as error:
         # OSError: missing, existing, unreadable or unwritable files (the message names them).
         print(f"dynloss {args.command}: error: {error}", file=sys.stderr)

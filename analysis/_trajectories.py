@@ -20,6 +20,7 @@ import xarray as xr
 from analysis._map import integer_steps, map_checkpoints
 from curvature import empirical_ntk, ntk_spectrum, spectral_density, stability_factors
 from curvature._checks import is_integer
+from curvature._lanczos import check_k
 from training import Context, Metric, check_sibling, config_of, open_run, write_sibling
 from training._diagnostics import hessian_metric, ntk_metric
 
@@ -124,12 +125,19 @@ def hessian_trajectory(
     earlier result of the same shape and options (others are refused before computing);
     ``overwrite=True`` replaces it whatever it holds (see :func:`training.write_sibling`).
     """
+    if isinstance(run, str | Path):
+        with open_run(run, siblings=False) as dataset:
+            dtype, num_params = config_of(dataset).dtype, dataset.sizes["param"]
+    else:
+        dtype, num_params = config_of(run).dtype, run.sizes["param"]
+    check_k(k, num_params)  # before anything is computed or refused for other reasons
+    if warm and options.get("method", "block") == "block" and 2 * k > num_params:
+        raise ValueError(
+            f"k must be <= P/2 = {num_params // 2} for the warm-started tracker (got {k}; P = "
+            f"{num_params} parameters): it needs room for a residual block beside the vectors. "
+            "Use warm=False (--cold on the command line) for k up to P."
+        )
     if warm:
-        if isinstance(run, str | Path):
-            with open_run(run, siblings=False) as dataset:
-                dtype = config_of(dataset).dtype
-        else:
-            dtype = config_of(run).dtype
         eps = float(np.finfo(dtype).eps)
         options = {"tol": float(np.sqrt(eps)), "num_iterations": POST_HOC_ITERATIONS, **options}
         if steps is not None:  # each checkpoint warm-starts the next: go forward in time

@@ -388,3 +388,37 @@ def test_info_rereads_a_running_run_caught_in_the_middle_of_an_append(monkeypatc
     assert analysis._cli._read_info("run.nc") == (consistent, True)
     monkeypatch.setattr(analysis._cli, "_info_snapshot", lambda path: ahead)
     assert analysis._cli._read_info("run.nc") == (ahead, False)
+
+
+def test_detect_writes_its_result_before_printing(lr_runs, monkeypatch):
+    # `dynloss detect RUN.nc | head -1`: the pipe closes at the first line; the result file is
+    # already written, and the exit status is a shell's for SIGPIPE.
+    import builtins
+
+    run = lr_runs[1]
+    target = run.parent / "lr2.onsets-branches.nc"
+    target.unlink(missing_ok=True)
+
+    def closed_pipe(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(builtins, "print", closed_pipe)
+    assert main(["detect", str(run), "--method", "branches"]) == 141
+    monkeypatch.undo()
+    assert target.exists()
+
+
+def test_interrupt_is_a_message_and_a_folder_is_not_a_run(monkeypatch, capsys, tmp_path):
+    import analysis._cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(analysis._cli, "_cmd_info", interrupted)
+    assert main(["info", "run.nc"]) == 130
+    assert "dynloss info: interrupted; the files written before are intact" in (
+        capsys.readouterr().err
+    )
+    monkeypatch.undo()
+    assert main(["info", str(tmp_path)]) == 2
+    assert "is a folder; give the path of a run file (.nc)" in capsys.readouterr().err

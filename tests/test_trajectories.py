@@ -168,6 +168,14 @@ def test_bad_steps_and_append_are_refused_before_computing(run64, monkeypatch):
         ntk_trajectory(open_run(run64), k=2, append=True)
     with pytest.raises(ValueError, match=r"steps must be whole step numbers \(got \[100.5\]\)"):
         hessian_trajectory(run64, steps=[100.5], k=2)
+    # k's range comes first, also when results with other options are already next to the run.
+    monkeypatch.undo()
+    hessian_trajectory(run64, steps=[0], k=1, projection=False, append=True, overwrite=True)
+    monkeypatch.setattr(analysis._trajectories, "map_checkpoints", fail)
+    with pytest.raises(ValueError, match=r"k must be an integer with 1 <= k <= P = 603"):
+        hessian_trajectory(run64, k=0, append=True)
+    with pytest.raises(ValueError, match=r"k must be <= P/2 = 301 for the warm.*--cold"):
+        hessian_trajectory(run64, k=302)
     monkeypatch.undo()
     with pytest.raises(ValueError, match=r"steps must be whole step numbers \(got \[10.7, 19.9\]"):
         map_checkpoints(run64, lambda ctx: 1.0, name="one", steps=[10.7, 19.9])

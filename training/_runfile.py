@@ -219,6 +219,10 @@ def open_run(path: str | Path, *, siblings: bool = True) -> xr.Dataset:
     ``<name>_<kind>`` so neither is hidden.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"{str(path)!r} is a folder; give the path of a run file (.nc), e.g. one inside it."
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"run file {str(path)!r} does not exist; train one with `dynloss train --output "
