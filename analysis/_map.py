@@ -25,7 +25,7 @@ from training import (
     unflatten,
     write_sibling,
 )
-from training._metrics import as_metric, dims_of, variables
+from training._metrics import as_metric, check_numbers, dims_of, variables
 from training._trainer import initial_state
 
 STEP = "step"
@@ -77,13 +77,13 @@ def _dataset(
 ) -> xr.Dataset:
     if not rows:
         return xr.Dataset(coords={STEP: np.asarray(steps[:0], np.int64)})
+    check_numbers(name, metric, rows[0])
     dims = dims_of(name, metric, rows[0])
     data = {}
     per_row = [variables(name, metric, row) for row in rows]
     for var, extra in dims.items():
-        values = np.stack([np.asarray(row[var]) for row in per_row])
-        if values.dtype.kind in "biu":  # flags and counts as the trainer records them
-            values = values.astype(dtype)
+        # In the run's float dtype, as the trainer records them (flags and counts included).
+        values = np.stack([np.asarray(row[var]) for row in per_row]).astype(dtype)
         data[var] = ((STEP, *extra), values)
     ds = xr.Dataset(data, coords={STEP: np.asarray(steps[: len(rows)], np.int64)})
     for var, attrs in (metric.attrs or {}).items():
@@ -126,7 +126,8 @@ def map_checkpoints(
       steps: checkpoint steps to evaluate (default: all saved ones), taken in increasing
         order, each once.
       batch: checkpoints per vmapped batch.
-      name: variable name (default: ``fn.__name__``).
+      name: variable name (default: ``fn.__name__``; required for a lambda, a
+        :class:`training.Metric` or another callable without a name).
       append: also write the result next to the run as ``RUN.<name>.nc`` (merged by
         ``open_run``); needs ``run`` to be a path. An existing ``RUN.<name>.nc`` of the same
         shape keeps its other steps; one of another shape is refused (see
@@ -146,9 +147,10 @@ def map_checkpoints(
         raise ValueError("append=True needs the run's file path, not an opened Dataset.")
     batch = integer_at_least("batch", batch, 1, optional=True)
     metric = as_metric(fn)
-    name = name or getattr(fn, "__name__", None) or "diagnostic"
-    if name == "<lambda>":
-        raise ValueError("a lambda has no name; pass name='...' to map_checkpoints.")
+    name = name or getattr(fn, "__name__", None)
+    if name is None or name == "<lambda>":
+        what = "a lambda" if name else f"a {type(fn).__name__}"
+        raise ValueError(f"{what} has no name; pass name='...' to map_checkpoints.")
     if append:
         sibling_path(run, name)  # a name that cannot be a file name is refused now
     opened = isinstance(run, str | Path)

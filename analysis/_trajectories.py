@@ -119,7 +119,9 @@ def hessian_trajectory(
     compilation included (benchmarks/curvature.py). ``options`` go to
     ``hessian_tracker`` (warm: ``tol``, ``num_iterations``, ...) or ``hessian_top_k`` (cold:
     ``num_matvecs``, ...). The density's Lanczos depth is ``density_num_matvecs`` (default
-    ``min(80, P)``).
+    ``min(80, P)``); its probes are drawn from ``jax.random.fold_in(jax.random.key(seed), 3)``
+    with the run's ``seed`` (the same at every checkpoint), so ``spectral_density(...,
+    key=that key)`` at a restored checkpoint reproduces the stored density.
 
     ``append=True`` writes the result to ``RUN.hessian.nc``, keeping the other steps of an
     earlier result of the same shape and options (others are refused before computing);

@@ -149,6 +149,38 @@ def test_bad_inputs(run):
             map_checkpoints(run, grad_cosine, batch=batch)
     with pytest.raises(ValueError, match="append=True needs the run's file path"):
         map_checkpoints(open_run(run), grad_cosine, append=True)
+    stateless_metric = Metric(lambda ctx: (), lambda ctx, s: (ctx.gamma.sum(), s))
+    with pytest.raises(ValueError, match="a Metric has no name; pass name="):
+        map_checkpoints(run, stateless_metric)
+    with pytest.raises(TypeError, match="one diagnostic is expected here, not a mapping"):
+        map_checkpoints(run, {"a": grad_cosine, "b": per_class})
+
+
+def nothing(ctx):
+    return None
+
+
+def label(ctx):
+    return {"ok": ctx.gamma.sum(), "label": "x"}
+
+
+def python_float(ctx):
+    return float(ctx.loss_fn(ctx.params))
+
+
+def test_values_are_numbers_in_the_runs_dtype(run):
+    # What a run file can hold, post hoc as online: numbers, stored in the run's float dtype.
+    for fn, var in ((nothing, "nothing"), (label, "label_label")):
+        with pytest.raises(ValueError, match=rf"metric {fn.__name__!r} returned .* for {var!r}"):
+            map_checkpoints(run, fn, steps=[0], append=True)
+        assert not sibling_path(run, fn.__name__).exists()
+    with pytest.raises(ValueError, match=r"metric 'nothing' returned None for 'nothing'"):
+        train(CONFIG.replace(steps=10), metrics={"nothing": nothing})
+    with pytest.raises(TypeError, match=r"metrics must be a mapping \{'name': fn\} \(got a list"):
+        train(CONFIG.replace(steps=10), metrics=[grad_cosine])
+    stored = map_checkpoints(run, python_float, steps=[0, 50])
+    assert stored["python_float"].dtype == np.float32  # a Python float, as the trainer stores it
+    np.testing.assert_allclose(stored["python_float"], open_run(run)["loss"].sel(step=[0, 50]))
 
 
 def test_online_metric_must_be_traceable_and_not_clash():

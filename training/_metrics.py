@@ -95,6 +95,11 @@ def as_metric(obj: Metric | Callable[[Context], Any]) -> Metric:
         return obj
     if callable(obj):
         return stateless(obj)
+    if isinstance(obj, Mapping):
+        raise TypeError(
+            "one diagnostic is expected here, not a mapping of them (train(metrics={...}) takes "
+            "the mapping); evaluate each on its own, or return a dict from one function."
+        )
     raise TypeError(
         f"a metric must be a function fn(ctx) or a training.Metric (got {type(obj).__name__})."
     )
@@ -105,6 +110,22 @@ def variables(name: str, metric: Metric, values: Any) -> dict[str, Any]:
     if isinstance(values, Mapping):
         return {(f"{name}_{k}" if metric.prefix else str(k)): v for k, v in values.items()}
     return {name: values}
+
+
+def check_numbers(name: str, metric: Metric, values: Any) -> None:
+    """Refuse values a run file cannot hold as numbers (None, strings, objects), naming them.
+
+    ``values`` are what the metric returned, concrete or abstract (``jax.eval_shape``).
+    """
+    for var, value in variables(name, metric, values).items():
+        dtype = getattr(value, "dtype", None)
+        kind = np.asarray(value).dtype.kind if dtype is None else np.dtype(dtype).kind
+        if kind not in "biuf":
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise ValueError(
+                f"metric {name!r} returned {shown} for {var!r}; a diagnostic returns numbers: "
+                "a scalar, an array, or a dict of them (bool, integer or float)."
+            )
 
 
 def dims_of(name: str, metric: Metric, values: Any) -> dict[str, tuple[str, ...]]:

@@ -39,6 +39,7 @@ from training._metrics import (
     as_metric,
     as_record,
     check_names,
+    check_numbers,
     dims_of,
     nan_like,
     variables,
@@ -319,6 +320,7 @@ def metric_layout(
                 "traceable by jax.jit (no Python control flow on values, no boolean masks); "
                 "analysis.map_checkpoints also runs plain Python functions post hoc."
             ) from error
+        check_numbers(name, metric, values)
         for var, dims in dims_of(name, metric, values).items():
             var_dims[var] = dims
             shape = jnp.shape(variables(name, metric, values)[var])
@@ -528,6 +530,11 @@ def train(
       progress: optional callback ``progress(steps_done, steps_total, latest_records)``.
     """
     config = TrainConfig() if config is None else config
+    if metrics is not None and not isinstance(metrics, Mapping):
+        raise TypeError(
+            f"metrics must be a mapping {{'name': fn}} (got a {type(metrics).__name__}); each "
+            "name becomes the recorded variable's."
+        )
     if config.output is not None:
         out = Path(config.output)
         if out.exists() and not overwrite:
