@@ -238,11 +238,12 @@ def test_open_run_retries_a_read_that_lands_in_an_append(tmp_path, monkeypatch):
 
 def _steps_on_disk(path: Path) -> int:
     # A poll that lands in the middle of the writer's append can fail with an HDF error
-    # (OSError or RuntimeError): it just means "not yet", poll again.
+    # (OSError or RuntimeError), and one right after the file was created finds no netCDF
+    # header yet (ValueError from xarray's engine guess): both mean "not yet", poll again.
     try:
         with xr.open_dataset(path) as ds:
             return int(ds.attrs.get("last_complete_step", -1)) + 1
-    except (OSError, RuntimeError):
+    except (OSError, RuntimeError, ValueError):
         return 0
 
 
