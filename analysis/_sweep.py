@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import shlex
 import shutil
 import sys
@@ -48,7 +47,7 @@ from training._batched import (
     shape_key,
     train_batch,
 )
-from training._runfile import STEP_VARIABLES, package_version
+from training._runfile import STEP_VARIABLES, package_version, write_atomic
 
 KEPT_STATUSES = ("complete", "diverged")
 """Run-file statuses of a finished run: a sweep keeps such a file of the same run as it is."""
@@ -324,12 +323,6 @@ def _run_batch(
     return _part_dataset(result, runs)
 
 
-def _write_atomic(ds: xr.Dataset, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    ds.to_netcdf(tmp)
-    os.replace(tmp, path)
-
-
 def _load_part(path: Path) -> xr.Dataset:
     with xr.open_dataset(path) as ds:
         return ds.load()
@@ -484,7 +477,7 @@ def sweep(
     ds = _assemble(parts, grid, shape, configs[0], attrs)
     if out_path is not None:
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(ds, out_path)
+        write_atomic(ds, out_path)
     if parts_dir is not None and parts_dir.exists():
         shutil.rmtree(parts_dir)
     return ds
@@ -573,7 +566,7 @@ def _execute(
         nonlocal done
         parts[batch.index] = part
         if parts_dir is not None:
-            _write_atomic(part, parts_dir / batch.name)
+            write_atomic(part, parts_dir / batch.name)
         done += len(batch.runs)
         if callback is not None:
             callback(done, total)

@@ -320,3 +320,6 @@ def test_results_written_at_the_same_time_are_merged(runs):
     with xr.open_dataset(target) as merged:
         np.testing.assert_array_equal(merged["step"], [0, 20, 40, 60])
     assert not list(first.parent.glob(".*.tmp"))  # no temporary files left behind
+    plain = first.parent / "plain.txt"
+    plain.write_text("")  # the user's umask decides who may read results, as for any file
+    assert target.stat().st_mode == plain.stat().st_mode

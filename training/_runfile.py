@@ -26,8 +26,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -375,15 +375,21 @@ def write_sibling(
     with _folder_lock(target.parent):
         if target.exists() and not overwrite:
             result = _merge_into_existing(target, result, run_path, config)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            result.to_netcdf(tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(result, target)
     return target
+
+
+def write_atomic(ds: xr.Dataset, path: Path) -> None:
+    """``ds`` written to ``path`` through a temporary file of its own (a name no other process
+    writing the same path uses) and renamed into place: a reader never sees half a file, and an
+    interrupted write leaves the earlier file as it was."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        ds.to_netcdf(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @contextlib.contextmanager
