@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from training import TrainConfig, open_run, sibling_files, train
-from training._runfile import READ_ATTEMPTS
+from training._runfile import READ_ATTEMPTS, READ_RETRY_SECONDS
 
 DEMO_CONFIG = TrainConfig(
     hidden_widths=(100,),
@@ -194,7 +194,7 @@ def _read_info(path: str) -> tuple[dict[str, typing.Any], bool]:
                 return snapshot, True
             if attempt == READ_ATTEMPTS - 1:
                 return snapshot, False
-        time.sleep(0.2)
+        time.sleep(READ_RETRY_SECONDS)
     raise AssertionError("unreachable")
 
 

@@ -21,7 +21,16 @@ from analysis._map import integer_steps, map_checkpoints
 from curvature import empirical_ntk, ntk_spectrum, spectral_density, stability_factors
 from curvature._checks import is_integer
 from curvature._lanczos import check_k
-from training import Context, Metric, check_sibling, config_of, open_run, write_sibling
+from curvature._tracking import max_tracked_k
+from training import (
+    Context,
+    Metric,
+    TrainConfig,
+    check_sibling,
+    config_of,
+    open_run,
+    write_sibling,
+)
 from training._diagnostics import hessian_metric, ntk_metric
 
 NTK_MODE = "ntk_mode"
@@ -82,6 +91,14 @@ def _density_metric(
     )
 
 
+def _config_and_size(run: xr.Dataset | str | Path) -> tuple[TrainConfig, int]:
+    """The run's configuration and its number of parameters P, from a path or a Dataset."""
+    if isinstance(run, str | Path):
+        with open_run(run, siblings=False) as dataset:
+            return config_of(dataset), dataset.sizes["param"]
+    return config_of(run), run.sizes["param"]
+
+
 def hessian_trajectory(
     run: xr.Dataset | str | Path,
     *,
@@ -127,13 +144,10 @@ def hessian_trajectory(
     earlier result of the same shape and options (others are refused before computing);
     ``overwrite=True`` replaces it whatever it holds (see :func:`training.write_sibling`).
     """
-    if isinstance(run, str | Path):
-        with open_run(run, siblings=False) as dataset:
-            dtype, num_params = config_of(dataset).dtype, dataset.sizes["param"]
-    else:
-        dtype, num_params = config_of(run).dtype, run.sizes["param"]
+    config, num_params = _config_and_size(run)
+    dtype = config.dtype
     check_k(k, num_params)  # before anything is computed or refused for other reasons
-    if warm and options.get("method", "block") == "block" and 2 * k > num_params:
+    if warm and options.get("method", "block") == "block" and k > max_tracked_k(num_params):
         raise ValueError(
             f"k must be <= P/2 = {num_params // 2} for the warm-started tracker (got {k}; P = "
             f"{num_params} parameters): it needs room for a residual block beside the vectors. "
@@ -254,11 +268,7 @@ def ntk_trajectory(
     """
     if eigenvectors and not full:
         raise ValueError("eigenvectors=True needs full=True (the full kernel's eigenvectors).")
-    if isinstance(run, str | Path):
-        with open_run(run, siblings=False) as ds:
-            config = config_of(ds)
-    else:
-        config = config_of(run)
+    config, _ = _config_and_size(run)
     num_samples = config.points_per_class * config.num_classes
     index = None
     if subset is not None:

@@ -33,6 +33,13 @@ METHODS = ("block", "jax_lobpcg", "lanczos")
 DEFAULT_TOL = 1e-4
 
 
+def max_tracked_k(num_params: int, method: str = "block") -> int:
+    """The most eigenpairs :func:`hessian_tracker` with ``method`` tracks for P parameters:
+    ``"block"`` needs room for a residual block beside the vectors (2k <= P), LOBPCG 5k < P."""
+    limits = {"block": num_params // 2, "jax_lobpcg": (num_params - 1) // 5}
+    return limits.get(method, num_params)
+
+
 class TrackerState(NamedTuple):
     """State of :func:`hessian_tracker` (a pytree; every field has a fixed shape).
 
@@ -165,12 +172,12 @@ def hessian_tracker(
         flat, _ = ravel_pytree(params)
         p = flat.shape[0]
         check_k(k, p)
-        if method == "jax_lobpcg" and not 5 * k < p:
+        if method == "jax_lobpcg" and k > max_tracked_k(p, method):
             raise ValueError(
                 f"method 'jax_lobpcg' needs 5 * k < P (got k = {k}, P = {p}); use method "
                 "'block' for small problems."
             )
-        if method == "block" and not 2 * k <= p:
+        if method == "block" and k > max_tracked_k(p, method):
             raise ValueError(
                 f"method 'block' needs 2 * k <= P, room for the residual block beside the "
                 f"vectors (got k = {k}, P = {p}); use method 'lanczos' with "

@@ -112,8 +112,6 @@ class RunWriter:
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not overwrite and self.path.exists():
-            raise FileExistsError(_exists_message(self.path))
         try:  # NC_NOCLOBBER: a file created meanwhile (another process) is refused, not replaced
             self._nc = netCDF4.Dataset(self.path, "w", clobber=overwrite, format="NETCDF4")
         except OSError as error:
@@ -321,6 +319,8 @@ def _sibling_kind(run: Path, candidate: Path) -> str | None:
 
 READ_ATTEMPTS = 5
 """Tries of :func:`open_run` on a file that another process is appending to (see below)."""
+READ_RETRY_SECONDS = 0.2
+"""Wait between those tries."""
 
 
 def _open_dataset(path: Path) -> xr.Dataset:
@@ -335,7 +335,7 @@ def _open_dataset(path: Path) -> xr.Dataset:
         try:
             return xr.open_dataset(path)
         except RuntimeError:
-            time.sleep(0.2)
+            time.sleep(READ_RETRY_SECONDS)
         except (OSError, ValueError) as error:  # not netCDF, truncated, unreadable
             raise ValueError(
                 f"{str(path)!r} is not a readable netCDF run file ({type(error).__name__}: "

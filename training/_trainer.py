@@ -21,6 +21,7 @@ import xarray as xr
 from jax.flatten_util import ravel_pytree
 
 from curvature._checks import is_integer
+from curvature._tracking import max_tracked_k
 from schedules import (
     STATIC_OF,
     Schedule,
@@ -621,7 +622,7 @@ def _compile_run(config: TrainConfig, metrics: Mapping[str, Any]) -> _Prepared:
     if config.hessian_top_k:
         params = jax.eval_shape(lambda: initial_state(problem)[0])
         p = sum(leaf.size for leaf in jax.tree.leaves(params))
-        if 2 * config.hessian_top_k > p:
+        if config.hessian_top_k > max_tracked_k(p):
             raise ValueError(
                 f"hessian_top_k must be <= P/2 = {p // 2} for online tracking (got "
                 f"{config.hessian_top_k}; P = {p} parameters): the warm-started block tracker "
