@@ -1,7 +1,8 @@
 """Cost of per-step Hessian top-3 tracking, as a multiple of one plain training step.
 
 Run:  .venv/bin/python benchmarks/curvature.py [--widths 100 1000] [--steps 2000 400] [--k 3]
-          [--start 0] [--rows block tol iter4 lobpcg lanczos seq vmap] [--no-post-hoc]
+          [--start 0] [--rows block tol iter4 lobpcg lanczos seq vmap library arrays ...]
+          [--no-post-hoc]
 
 The trainer's own spiral problem (DCE, triangle Γ with amplitude 70 and period 2000, full-batch
 GD at η = 1, float32 unless --dtype float64): the Hessian changes every step, as in the 2021
@@ -18,8 +19,10 @@ and warm starts need more expansions):
                      tracker pays that expands by the residual at the new parameters)
   warm ...           the step plus ``hessian_tracker(3).update`` (--rows: default block method
                      and tolerance, a looser tolerance, the former cap of 4 expansions, the
-                     other warm methods, and the default with products forced sequential or
-                     vmapped, see ``curvature._hessian.VMAP_PRODUCTS``)
+                     other warm methods, the default with products forced sequential or
+                     vmapped, see ``curvature._hessian.VMAP_PRODUCTS``, and with its small
+                     eigh / QR as library calls or in array operations, see
+                     ``curvature._tracking.SMALL_LINALG``)
   cold Lanczos(64)   the step plus ``hessian_top_k(loss, params, 3)`` from scratch (S/10 steps)
 
 Columns: µs per step, the tracking cost (tracked step − plain step) in plain steps and its ratio
@@ -51,6 +54,7 @@ import optax
 
 from analysis import hessian_trajectory
 from curvature import _hessian as curvature_hessian
+from curvature import _tracking as curvature_tracking
 from curvature import hessian_exact, hessian_operator, hessian_top_k, hessian_tracker
 from training import TrainConfig, build, context, initial_state, train
 
@@ -163,15 +167,32 @@ def _cold(k):
     return extra
 
 
-#: Warm rows: label -> (hessian_tracker options, products vmapped or not; None = default).
+@contextlib.contextmanager
+def _small_linalg(mode: str | None):
+    """Run the block tracker's small eigh / QR as library calls or in array operations
+    (``curvature._tracking.SMALL_LINALG``); None keeps the default."""
+    before = curvature_tracking.SMALL_LINALG
+    curvature_tracking.SMALL_LINALG = before if mode is None else mode
+    try:
+        yield
+    finally:
+        curvature_tracking.SMALL_LINALG = before
+
+
+#: Warm rows: label -> (hessian_tracker options, products vmapped or not (None = default),
+#: small dense work in "library" calls or "arrays" (None = default)).
 WARM = {
-    "block": ("warm block (default)", {}, None),
-    "tol": ("warm block tol=1e-2", {"tol": 1e-2}, None),
-    "iter4": ("warm block num_iter=4", {"num_iterations": 4}, None),
-    "lobpcg": ("warm jax_lobpcg(8)", {"method": "jax_lobpcg"}, None),
-    "lanczos": ("warm lanczos(8)", {"method": "lanczos"}, None),
-    "seq": ("warm block, seq. HVPs", {}, False),
-    "vmap": ("warm block, vmap HVPs", {}, True),
+    "block": ("warm block (default)", {}, None, None),
+    "tol": ("warm block tol=1e-2", {"tol": 1e-2}, None, None),
+    "iter4": ("warm block num_iter=4", {"num_iterations": 4}, None, None),
+    "lobpcg": ("warm jax_lobpcg(8)", {"method": "jax_lobpcg"}, None, None),
+    "lanczos": ("warm lanczos(8)", {"method": "lanczos"}, None, None),
+    "seq": ("warm block, seq. HVPs", {}, False, None),
+    "vmap": ("warm block, vmap HVPs", {}, True, None),
+    "library": ("warm block, library", {}, None, "library"),
+    "library-tol": ("warm library tol=1e-2", {"tol": 1e-2}, None, "library"),
+    "arrays": ("warm block, arrays", {}, None, "arrays"),
+    "arrays-tol": ("warm arrays tol=1e-2", {"tol": 1e-2}, None, "arrays"),
 }
 
 
@@ -212,10 +233,10 @@ def measure(
     cost, stats = _scan_cost(problem, origin, steps, k, _floor_two_rounds, vectors)
     row(f"floor: 2 rounds of {k}", cost, *stats)
     for name in rows_wanted:
-        label, options, vmapped = WARM[name]
+        label, options, vmapped, small = WARM[name]
         tracker = hessian_tracker(k, **options)
         state = tracker.init(params, jax.random.key(2))
-        with _products(vmapped):
+        with _products(vmapped), _small_linalg(small):
             cost, stats = _scan_cost(problem, origin, steps, k, _tracked(tracker), state)
         row(label, cost, *stats)
     cost, stats = _scan_cost(problem, origin, max(steps // 10, 10), k, _cold(k))

@@ -3,7 +3,9 @@
 # and curvature benchmarks (CURVATURE_LATE_S > 0: also from step 10,000; CURVATURE_K1_S > 0:
 # also λ_max alone), the linear-algebra tests (float64 against eigh), training throughput and
 # (SWEEP_S > 0) the sweep benchmark, all unchanged on GPU. Each step has a time limit (the
-# *_S variables, seconds) and its output goes to $OUT/<step>.txt as it comes.
+# *_S variables, seconds) and its output goes to $OUT/<step>.txt as it comes. CURVATURE_ROWS
+# picks the tracker rows (default "block tol"), TESTS the test files, TEST_WORKERS their
+# pytest-xdist workers (default 4).
 #
 #   bash benchmarks/device.sh            (from the repository root; output also under $OUT)
 #
@@ -37,14 +39,16 @@ step() {
 }
 
 step small_ops "${SMALL_OPS_S:-40}" $PY benchmarks/small_ops.py --steps 1000
+ROWS=${CURVATURE_ROWS:-block tol}
 step curvature "${CURVATURE_S:-150}" $PY benchmarks/curvature.py --steps 1000 200 \
-    --rows block tol --no-post-hoc
+    --rows $ROWS --no-post-hoc
 step curvature_late "${CURVATURE_LATE_S:-0}" $PY benchmarks/curvature.py --steps 1000 200 \
-    --start 10000 --rows block tol --no-post-hoc
+    --start 10000 --rows $ROWS --no-post-hoc
 step curvature_k1 "${CURVATURE_K1_S:-0}" $PY benchmarks/curvature.py --steps 1000 200 --k 1 \
-    --rows block tol --no-post-hoc
-step tests "${TESTS_S:-100}" $PY -m pytest -q -p no:cacheprovider tests/test_tracking.py \
-    tests/test_precision.py tests/test_hessian.py tests/test_lanczos.py
+    --rows $ROWS --no-post-hoc
+TESTS=${TESTS:-tests/test_tracking.py tests/test_precision.py tests/test_hessian.py \
+tests/test_lanczos.py tests/test_small.py}
+step tests "${TESTS_S:-100}" $PY -m pytest -q -p no:cacheprovider -n "${TEST_WORKERS:-4}" $TESTS
 step throughput "${THROUGHPUT_S:-60}" $PY benchmarks/train_throughput.py --steps 2000 \
     --repeats 1 --tracking
 step sweep "${SWEEP_S:-0}" $PY benchmarks/sweep_throughput.py --runs 10 100 1000 --lanes 10 \

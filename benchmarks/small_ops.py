@@ -10,17 +10,25 @@ call inside a training step. Matrix products run at full precision, as in the tr
 2-trip and 1-trip rows is the cost of one more trip. On CPU these
 are LAPACK calls of a few µs; on a GPU every factorisation is a solver library call and every
 ``while_loop`` / ``cond`` reads its predicate back to the host, which is what makes a
-hand-written warm tracker with small loops slow there (README "Hessian tracking cost").
+hand-written warm tracker with small loops slow there (README "Hessian tracking cost"). The
+"(arrays)" rows do the same work in element-wise operations alone (``curvature._small``:
+unrolled parallel Jacobi, Gram-Schmidt twice), the tracker's ``SMALL_LINALG = "arrays"``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
+# First, as benchmarks/curvature.py would shadow the curvature package (see _unshadow.py).
+with contextlib.suppress(ModuleNotFoundError):
+    import _unshadow  # noqa: F401
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from curvature._small import gram_schmidt_rows, jacobi_eigh
 
 
 def _per_step(body, carry, steps: int) -> float:
@@ -50,8 +58,12 @@ def main() -> None:
         "eigh 3x3": (lambda a: nudge(a, jnp.linalg.eigh(a)[1]), sym(3)),
         "eigh 6x6": (lambda a: nudge(a, jnp.linalg.eigh(a)[1]), sym(6)),
         "eigh 9x9": (lambda a: nudge(a, jnp.linalg.eigh(a)[1]), matrix),
+        "jacobi 3x3 (arrays)": (lambda a: nudge(a, jacobi_eigh(a)[1]), sym(3)),
+        "jacobi 6x6 (arrays)": (lambda a: nudge(a, jacobi_eigh(a)[1]), sym(6)),
+        "jacobi 9x9 (arrays)": (lambda a: nudge(a, jacobi_eigh(a)[1]), matrix),
         "cholesky 6x6": (lambda a: nudge(a, jnp.linalg.cholesky(a)), sym(6)),
         f"qr ({args.p}, 3)": (lambda x: nudge(x, jnp.linalg.qr(x.T)[0].T), block),
+        f"gram-schmidt (3, {args.p})": (lambda x: nudge(x, gram_schmidt_rows(x)), block),
         f"gram (3, {args.p})": (lambda x: nudge(x, (x @ x.T) @ x), block),
         "while_loop, 1 trip": (lambda a: _while(a, 1), matrix),
         "while_loop, 2 trips": (lambda a: _while(a, 2), matrix),

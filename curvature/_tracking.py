@@ -28,9 +28,15 @@ from curvature._lanczos import (
     with_residuals,
 )
 from curvature._precision import full_precision
+from curvature._small import MAX_JACOBI_SIZE, gram_schmidt_rows, jacobi_eigh
 
 METHODS = ("block", "jax_lobpcg", "lanczos")
 DEFAULT_TOL = 1e-4
+
+#: How the block tracker does its small dense work: "library" (``jnp.linalg.eigh`` / ``qr``,
+#: LAPACK on CPU, solver calls on GPU) or "arrays" (:mod:`curvature._small`: Jacobi and
+#: Gram-Schmidt in element-wise operations, no solver calls).
+SMALL_LINALG = "library"
 
 
 def max_tracked_k(num_params: int, method: str = "block") -> int:
@@ -280,8 +286,17 @@ def relative_residuals(eig: Eigen) -> jax.Array:
 
 def _orthonormal_rows(vectors: jax.Array) -> jax.Array:
     """Orthonormal rows spanning the rows of ``vectors`` (m, P) by Householder QR."""
+    if SMALL_LINALG == "arrays":
+        return gram_schmidt_rows(vectors)
     q, _ = jnp.linalg.qr(vectors.T)
     return q.T
+
+
+def _eigh(matrix: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``jnp.linalg.eigh`` of a small symmetric matrix, or Jacobi (see SMALL_LINALG)."""
+    if SMALL_LINALG == "arrays" and matrix.shape[-1] <= MAX_JACOBI_SIZE:
+        return jacobi_eigh(matrix)
+    return jnp.linalg.eigh(matrix)
 
 
 def _ritz(basis: jax.Array, h_basis: jax.Array, k: int) -> tuple[jax.Array, ...]:
@@ -291,7 +306,7 @@ def _ritz(basis: jax.Array, h_basis: jax.Array, k: int) -> tuple[jax.Array, ...]
     """
     gram = basis @ h_basis.T
     gram = 0.5 * (gram + gram.T)
-    values, coeffs = jnp.linalg.eigh(gram)
+    values, coeffs = _eigh(gram)
     coeffs = coeffs[:, ::-1][:, :k]
     values = values[::-1][:k]
     vectors = coeffs.T @ basis
@@ -357,7 +372,7 @@ def _block(
         d, hd = d * inv, hd * inv
         d, hd = project(d, hd, xz, hxz)
         d, hd = project(d, hd, xz, hxz)
-        gram_values, gram_vectors = jnp.linalg.eigh(d @ d.T)
+        gram_values, gram_vectors = _eigh(d @ d.T)
         lengths = jnp.sqrt(jnp.maximum(gram_values, 0.0))
         keep = lengths > drop_below
         scale = jnp.where(keep, 1.0 / jnp.where(keep, lengths, 1.0), 0.0)
@@ -370,7 +385,7 @@ def _block(
         penalty = 10.0 * (1.0 + jnp.max(jnp.abs(gram)))
         mask = jnp.concatenate([jnp.ones((k,), bool), keep_z, keep])
         gram = jnp.where(jnp.diag(~mask), -penalty, gram)
-        values, coeffs = jnp.linalg.eigh(gram)
+        values, coeffs = _eigh(gram)
         coeffs = coeffs[:, ::-1][:, :k]
         values = values[::-1][:k]
         x, hx = coeffs.T @ basis, coeffs.T @ h_basis

@@ -8,7 +8,13 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from test_lanczos import spiral_problem
 
-from curvature import hessian_eigh, hessian_tracker
+from curvature import _tracking, hessian_eigh, hessian_tracker
+
+
+@pytest.fixture(params=["library", "arrays"])
+def small_linalg(request, monkeypatch):
+    """Run the block tracker's small eigh / QR as library calls and in array operations."""
+    monkeypatch.setattr(_tracking, "SMALL_LINALG", request.param)
 
 
 def _track(tracker, loss, params, steps):
@@ -31,7 +37,7 @@ def _track(tracker, loss, params, steps):
     return unravel, final, out
 
 
-def test_tracker_matches_dense_eigh_along_gd(x64):
+def test_tracker_matches_dense_eigh_along_gd(x64, small_linalg):
     method, num_iterations = "block", 10
     loss, (params,) = spiral_problem(100, jnp.float64, steps=(200,))
     tracker = hessian_tracker(
@@ -78,9 +84,19 @@ def test_failed_warm_start_restarts_cold(x64):
 
 
 @pytest.mark.parametrize(
-    ("method", "num_iterations"), [("block", 4), ("jax_lobpcg", 30), ("lanczos", 20)]
+    ("method", "num_iterations", "small"),
+    [
+        ("block", 4, "library"),
+        ("block", 4, "arrays"),
+        ("jax_lobpcg", 30, None),
+        ("lanczos", 20, None),
+    ],
 )
-def test_warm_start_on_fixed_matrix_does_not_restart(x64, method, num_iterations):
+def test_warm_start_on_fixed_matrix_does_not_restart(
+    x64, monkeypatch, method, num_iterations, small
+):
+    if small is not None:
+        monkeypatch.setattr(_tracking, "SMALL_LINALG", small)
     spectrum = np.concatenate([[5.0, 4.0, 3.0], np.linspace(-1.0, 1.0, 27)])
     q, _ = np.linalg.qr(np.random.default_rng(1).standard_normal((30, 30)))
     a = jnp.asarray((q * spectrum) @ q.T)
@@ -99,7 +115,7 @@ def test_warm_start_on_fixed_matrix_does_not_restart(x64, method, num_iterations
     assert np.all(cos > 1 - 1e-10)
 
 
-def test_warm_start_holding_an_exact_eigenvector_stays_exact():
+def test_warm_start_holding_an_exact_eigenvector_stays_exact(small_linalg):
     # The first stored vector is an exact eigenvector: its residual row is exactly zero, and
     # the residual block must not turn it into a direction inside the warm vectors' span.
     d = jnp.asarray([10.0, 9, 8, 1, 0.5, 0.2, 0.1, 0])
@@ -114,7 +130,7 @@ def test_warm_start_holding_an_exact_eigenvector_stays_exact():
     np.testing.assert_allclose(np.linalg.norm(eig.eigenvectors, axis=1), 1.0, rtol=1e-5)
 
 
-def test_smallest_eigenvalues_tracked(x64):
+def test_smallest_eigenvalues_tracked(x64, small_linalg):
     spectrum = np.concatenate([[-6.0, -5.0, -4.0], np.linspace(-1.0, 8.0, 37)])
     loss, x = None, jnp.zeros(40)
     q, _ = np.linalg.qr(np.random.default_rng(2).standard_normal((40, 40)))

@@ -1,0 +1,121 @@
+"""Small dense linear algebra in array operations alone, for the warm tracker on accelerators.
+
+On a GPU every ``jnp.linalg.eigh`` or ``qr`` of a tiny matrix is a solver-library call costing
+several plain training steps (benchmarks/small_ops.py: 170-314 us for eigh of 3x3-9x9 on an
+H100, against a 30 us spiral step), while the same work written as element-wise operations
+with constant gathers compiles to a few fused kernels. On CPU the LAPACK calls are cheaper
+than these unrolled loops, so the tracker uses them there (see ``curvature._tracking``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@functools.cache
+def _rounds(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Round-robin schedule of disjoint pairs covering n (even) indices in n - 1 rounds.
+
+    Returns, per round, ``partner`` (n,) the index paired with each index, ``first`` (n,)
+    whether the index is the smaller of its pair, and ``pairs`` (n // 2, 2).
+    """
+    players = list(range(n))
+    partners, firsts, pairs = [], [], []
+    for _ in range(n - 1):
+        round_pairs = [(players[i], players[n - 1 - i]) for i in range(n // 2)]
+        round_pairs = [(min(a, b), max(a, b)) for a, b in round_pairs]
+        partner = np.empty(n, np.int32)
+        first = np.zeros(n, bool)
+        for a, b in round_pairs:
+            partner[a], partner[b], first[a] = b, a, True
+        partners.append(partner)
+        firsts.append(first)
+        pairs.append(np.array(round_pairs, np.int32))
+        players = [players[0], players[-1], *players[1:-1]]
+    return np.stack(partners), np.stack(firsts), np.stack(pairs)
+
+
+#: Largest matrix :func:`jacobi_eigh` takes: its unrolled rounds grow as n log n.
+MAX_JACOBI_SIZE = 16
+
+# Sweeps by (float64?, size up to): measured on 300 matrices per size (random, clustered,
+# repeated and graded spectra, nearly diagonal) as the fewest that bring every residual and
+# the orthogonality to rounding level (tests/test_small.py), plus one for margin.
+_SWEEPS = {
+    False: ((4, 5), (6, 6), (9, 7), (12, 8), (16, 9)),
+    True: ((4, 6), (6, 9), (9, 10), (12, 11), (16, 12)),
+}
+
+
+def default_sweeps(n: int, dtype: jnp.dtype) -> int:
+    """Jacobi sweeps that bring a symmetric n x n matrix (n <= 16) to rounding level."""
+    if n > MAX_JACOBI_SIZE:
+        raise ValueError(
+            f"jacobi_eigh takes matrices up to {MAX_JACOBI_SIZE} x {MAX_JACOBI_SIZE} (got n = {n})."
+        )
+    wide = jnp.finfo(dtype).bits > 32
+    return next(sweeps for size, sweeps in _SWEEPS[wide] if n <= size)
+
+
+def jacobi_eigh(matrix: jax.Array, sweeps: int | None = None) -> tuple[jax.Array, jax.Array]:
+    """Eigen-decomposition of a small symmetric matrix by parallel cyclic Jacobi.
+
+    Same contract as ``jnp.linalg.eigh``: eigenvalues ascending and eigenvectors as columns.
+    A fixed number of sweeps, each of n - 1 rounds of n / 2 disjoint rotations (an odd n is
+    padded by one decoupled index), written as element-wise operations and gathers with
+    constant indices: no solver call, no loop, no host synchronisation.
+    """
+    n = matrix.shape[-1]
+    dtype = matrix.dtype
+    sweeps = default_sweeps(n, dtype) if sweeps is None else sweeps
+    size = n + n % 2
+    a = 0.5 * (matrix + matrix.T)
+    if size != n:
+        a = jnp.pad(a, ((0, 1), (0, 1)))
+    v = jnp.eye(size, dtype=dtype)
+    partners, firsts, pairs = _rounds(size)
+    diagonal = np.arange(size)
+    for _ in range(sweeps):
+        for partner, first, pair in zip(partners, firsts, pairs, strict=True):
+            p, q = pair[:, 0], pair[:, 1]
+            app, aqq, apq = a[p, p], a[q, q], a[p, q]
+            zero = apq == 0
+            tau = (aqq - app) / (2 * jnp.where(zero, 1, apq))
+            t = jnp.where(tau >= 0, 1, -1) / (jnp.abs(tau) + jnp.sqrt(1 + tau * tau))
+            t = jnp.where(zero, 0, t)
+            c = 1 / jnp.sqrt(1 + t * t)
+            s = t * c
+            # Per index: the cosine of its pair, and J[partner(i), i] (-s for the first).
+            slot = np.empty(size, np.int32)
+            slot[p], slot[q] = np.arange(p.size), np.arange(q.size)
+            cos = c[slot]
+            off = jnp.where(first, -s[slot], s[slot])
+            b = a * cos[None, :] + a[:, partner] * off[None, :]
+            a = cos[:, None] * b + off[:, None] * b[partner, :]
+            v = v * cos[None, :] + v[:, partner] * off[None, :]
+    values = a[diagonal, diagonal][:n]
+    order = jnp.argsort(values)
+    return values[order], v[:n, :n][:, order]
+
+
+def gram_schmidt_rows(vectors: jax.Array) -> jax.Array:
+    """Orthonormal rows spanning ``vectors`` (m, P) by Gram-Schmidt applied twice.
+
+    As with Householder QR, a row (numerically) dependent on the earlier ones comes out as an
+    arbitrary unit vector orthogonal to them; callers drop such rows by their length after a
+    last projection.
+    """
+    rows = []
+    for i in range(vectors.shape[0]):
+        row = vectors[i]
+        for _ in range(2):
+            for done in rows:
+                row = row - jnp.vdot(done, row) * done
+            length = jnp.linalg.norm(row)
+            row = row / jnp.where(length > 0, length, 1)
+        rows.append(row)
+    return jnp.stack(rows)

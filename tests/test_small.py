@@ -1,0 +1,86 @@
+"""Jacobi eigh and Gram-Schmidt in array operations, against LAPACK on the same matrices."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from curvature._small import MAX_JACOBI_SIZE, default_sweeps, gram_schmidt_rows, jacobi_eigh
+
+KINDS = ("random", "clustered", "repeated", "graded", "nearly diagonal", "diagonal")
+
+
+def _matrix(rng: np.random.Generator, n: int, kind: str) -> np.ndarray:
+    a = rng.standard_normal((n, n))
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    spectrum = {
+        "random": None,
+        "clustered": np.r_[1 + 1e-7 * rng.standard_normal(n // 2), rng.standard_normal(n - n // 2)],
+        "repeated": np.r_[np.full(max(n - 2, 0), 3.0), [1.0, -2.0]][:n],
+        "graded": np.logspace(0, -12, n),
+        "nearly diagonal": None,
+        "diagonal": None,
+    }[kind]
+    if kind == "random":
+        return a + a.T
+    if kind == "nearly diagonal":
+        return np.diag(np.sort(rng.standard_normal(n))) + 1e-4 * (a + a.T)
+    if kind == "diagonal":
+        return np.diag(rng.standard_normal(n))
+    return (q * spectrum) @ q.T
+
+
+def _errors(matrix: np.ndarray, values, vectors) -> tuple[float, float, float]:
+    """Residual, orthogonality and eigenvalue error in units of eps * ||A||."""
+    eps = np.finfo(matrix.dtype).eps
+    a = matrix.astype(np.float64)
+    values, vectors = np.asarray(values, np.float64), np.asarray(vectors, np.float64)
+    scale = eps * max(np.linalg.norm(a, 2), np.finfo(np.float64).tiny)
+    n = a.shape[0]
+    residual = np.linalg.norm(a @ vectors - vectors * values) / scale
+    orthogonality = np.linalg.norm(vectors.T @ vectors - np.eye(n)) / eps
+    value_error = np.max(np.abs(values - np.linalg.eigvalsh(a))) / scale
+    return residual, orthogonality, value_error
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 2, 3, 6, 9, 16])
+def test_jacobi_matches_lapack_to_rounding(x64, dtype, n):
+    # The default sweeps are enough for every kind of spectrum, 20 matrices of each.
+    rng = np.random.default_rng(n)
+    matrices = np.stack([_matrix(rng, n, kind) for kind in KINDS for _ in range(20)])
+    values, vectors = jax.jit(jax.vmap(jacobi_eigh))(matrices.astype(dtype))
+    assert values.dtype == dtype and vectors.dtype == dtype
+    worst = max(
+        max(_errors(m.astype(dtype), w, v))
+        for m, w, v in zip(matrices, values, vectors, strict=True)
+    )
+    assert worst <= 10 * n + 10, worst
+    # Ascending, as jnp.linalg.eigh.
+    assert np.all(np.diff(np.asarray(values), axis=1) >= 0)
+
+
+def test_too_few_sweeps_are_not_enough(x64):
+    # The sweep table is not generous for nothing: two sweeps leave a 9 x 9 matrix unconverged.
+    rng = np.random.default_rng(0)
+    matrix = _matrix(rng, 9, "random")
+    assert max(_errors(matrix, *jacobi_eigh(jnp.asarray(matrix), 2))) > 1e3
+    assert max(_errors(matrix, *jacobi_eigh(jnp.asarray(matrix)))) < 100
+
+
+def test_sweep_table_and_size_limit():
+    assert default_sweeps(3, jnp.float32) == 5
+    assert default_sweeps(9, jnp.float64) == 10
+    with pytest.raises(ValueError, match=f"up to {MAX_JACOBI_SIZE} x {MAX_JACOBI_SIZE}.*n = 17"):
+        jacobi_eigh(jnp.eye(17))
+
+
+def test_gram_schmidt_rows_are_orthonormal_and_span_the_input(x64):
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((4, 50))
+    vectors[2] = vectors[0] + 1e-9 * rng.standard_normal(50)  # nearly dependent
+    q = np.asarray(gram_schmidt_rows(jnp.asarray(vectors)))
+    np.testing.assert_allclose(q @ q.T, np.eye(4), atol=1e-14)
+    # The first two rows span what QR's first two span.
+    householder = np.linalg.qr(vectors[:2].T)[0].T
+    np.testing.assert_allclose(np.abs(q[:2] @ householder.T), np.eye(2), atol=1e-14)
