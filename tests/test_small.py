@@ -55,7 +55,9 @@ def test_jacobi_matches_lapack_to_rounding(x64, dtype, n):
         max(_errors(m.astype(dtype), w, v))
         for m, w, v in zip(matrices, values, vectors, strict=True)
     )
-    assert worst <= 10 * n + 10, worst
+    # 20 n + 20: an H200 gave 288 at n = 16 in float32 (its division and square root round
+    # differently); unconverged matrices are off by 1e3 and more (next test).
+    assert worst <= 20 * n + 20, worst
     # Ascending, as jnp.linalg.eigh.
     assert np.all(np.diff(np.asarray(values), axis=1) >= 0)
 
