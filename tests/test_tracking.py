@@ -241,3 +241,17 @@ def test_default_restart_tolerance_is_ten_times_tol(x64):
             rho = (2.0 + t**2) / (1.0 + t**2)
             np.testing.assert_allclose(eig.eigenvalues, [rho], rtol=1e-12)
             np.testing.assert_allclose(eig.residuals / rho, [t / (2.0 + t**2)], rtol=1e-9)
+
+
+def test_small_linalg_follows_the_backend(monkeypatch):
+    # LAPACK on CPU (faster there), array operations elsewhere (no solver calls on a GPU).
+    monkeypatch.setattr(_tracking, "SMALL_LINALG", None)
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert _tracking.small_linalg() == "library"
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert _tracking.small_linalg() == "arrays"
+    monkeypatch.setattr(_tracking, "SMALL_LINALG", "library")
+    assert _tracking.small_linalg() == "library"
+    monkeypatch.setattr(_tracking, "SMALL_LINALG", "lapack")
+    with pytest.raises(ValueError, match="SMALL_LINALG must be None, 'library' or 'arrays'"):
+        _tracking.small_linalg()
