@@ -80,9 +80,16 @@ def num_params(params: PyTree) -> int:
 def output_shape(apply_fn: ApplyFn, params: PyTree, x: jax.Array) -> tuple[int, int]:
     """Return ``(N, C)``, the shape of ``apply_fn(params, x)``, without computing it.
 
-    Raises a ValueError when the output is not 2-D with one row per input.
+    Raises a ValueError when ``apply_fn`` cannot take ``x`` (JAX's own message attached) or
+    its output is not 2-D with one row per input.
     """
-    out = jax.eval_shape(apply_fn, params, x)
+    try:
+        out = jax.eval_shape(apply_fn, params, x)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"apply_fn(params, x) failed for inputs x of shape {tuple(x.shape)}; check that "
+            f"their trailing shape is what the model takes. JAX said: {err}"
+        ) from err
     if len(out.shape) != 2 or out.shape[0] != x.shape[0]:
         raise ValueError(
             "apply_fn(params, x) must return outputs of shape (N, C) with one row per input "

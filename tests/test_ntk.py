@@ -251,6 +251,9 @@ def test_bad_inputs_are_rejected():
         empirical_ntk(lambda p, x: apply(p, x).reshape(-1), params, jnp.ones((2, 2)))
     with pytest.raises(ValueError, match=r"x1 must have a leading batch axis"):
         empirical_ntk(apply, params, jnp.ones((0, 2)))
+    # Inputs the model cannot take: the shape named, JAX's message kept.
+    with pytest.raises(ValueError, match=r"failed for inputs x of shape \(4, 5\).*JAX said"):
+        empirical_ntk(apply, params, jnp.ones((4, 5)))
     with pytest.raises(
         ValueError, match=r"kernel must be an untraced NTK of shape \(N1, N2, C, C\)"
     ):
