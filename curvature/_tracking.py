@@ -43,11 +43,14 @@ def small_linalg() -> str:
 
     ``"library"``: ``jnp.linalg.qr`` / ``eigh`` (LAPACK on CPU, solver-library calls on a
     GPU); ``"arrays"``: :mod:`curvature._small` (parallel Jacobi and Gram-Schmidt written as
-    element-wise operations, no solver call). ``SMALL_LINALG`` when set; else "library" when
-    JAX's default backend (read when the update is traced) is the CPU and "arrays" otherwise.
-    Both give the same expansions, restarts and residuals (tests/test_tracking.py runs both).
-    Measured (``benchmarks/curvature.py``, spiral DCE run, float32, top-3 block tracker, cost
-    per step in plain steps, widths 100 / 1000): on an H200 38.2 / 63.0 with library calls
+    element-wise operations, no solver call; both unrolled, so only for blocks of at most
+    ``MAX_JACOBI_SIZE`` rows or columns, library calls beyond). ``SMALL_LINALG`` when set;
+    else "library" when JAX's default backend (read when the update is traced) is the CPU and
+    "arrays" otherwise. tests/test_tracking.py checks both against the dense Hessian. On the
+    spiral benchmark below they made the same expansions and restarts (largest eigenvalues;
+    for the most negative ones, where restarts are frequent, a few steps differ). Measured
+    (``benchmarks/curvature.py``, spiral DCE run, float32, top-3 block tracker, cost per step
+    in plain steps, widths 100 / 1000): on an H200 38.2 / 63.0 with library calls
     against 20.7 / 39.2 in arrays (an eigh of 9 x 9 there is a 316 us solver call, Jacobi
     118 us); on a 2-core CPU 16.4 / 20.5 against 21.8 / 21.0.
     """
@@ -311,7 +314,7 @@ def relative_residuals(eig: Eigen) -> jax.Array:
 def _orthonormal_rows(vectors: jax.Array) -> jax.Array:
     """Orthonormal rows spanning the rows of ``vectors`` (m, P): Householder QR or
     Gram-Schmidt (see :func:`small_linalg`)."""
-    if small_linalg() == "arrays":
+    if small_linalg() == "arrays" and vectors.shape[0] <= MAX_JACOBI_SIZE:
         return gram_schmidt_rows(vectors)
     q, _ = jnp.linalg.qr(vectors.T)
     return q.T
@@ -366,13 +369,16 @@ def _block(
         return v - coeffs @ basis, hv - coeffs @ h_basis
 
     x = _orthonormal_rows(previous)
+    # Stored vectors that are linearly dependent leave a short row after Gram-Schmidt (QR
+    # completes them instead): such a warm start is reported unconverged, so it restarts cold.
+    dependent = jnp.any(jnp.linalg.norm(x, axis=1) < 0.5)
     values, x, hx, resid = _ritz(x, matmat(x), k)
 
     def cond(carry: tuple[jax.Array, ...]) -> jax.Array:
         i, values, _, _, resid, _, _ = carry
         norms = jnp.linalg.norm(resid, axis=1)
         converged = jnp.all(relative_residuals(Eigen(values, resid, norms)) <= tol)
-        return (i < num_iterations) & ~converged
+        return (i < num_iterations) & ~converged & ~dependent
 
     def body(carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
         i, _, x, hx, resid, d, hd = carry
@@ -421,7 +427,7 @@ def _block(
     zeros = jnp.zeros((k, p), dtype)
     init = (jnp.zeros((), jnp.int32), values, x, hx, resid, zeros, zeros)
     iters, values, x, _, resid, _, _ = jax.lax.while_loop(cond, body, init)
-    residuals = jnp.linalg.norm(resid, axis=1)
+    residuals = jnp.where(dependent, jnp.inf, jnp.linalg.norm(resid, axis=1))
     eig = _signed(Eigen(values, x, residuals), sign)
     return eig, iters
 

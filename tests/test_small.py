@@ -7,7 +7,7 @@ import pytest
 
 from curvature._small import MAX_JACOBI_SIZE, default_sweeps, gram_schmidt_rows, jacobi_eigh
 
-KINDS = ("random", "clustered", "repeated", "graded", "nearly diagonal", "diagonal")
+KINDS = ("random", "clustered", "repeated", "graded", "nearly diagonal", "diagonal", "gram")
 
 
 def _matrix(rng: np.random.Generator, n: int, kind: str) -> np.ndarray:
@@ -20,6 +20,7 @@ def _matrix(rng: np.random.Generator, n: int, kind: str) -> np.ndarray:
         "graded": np.logspace(0, -12, n),
         "nearly diagonal": None,
         "diagonal": None,
+        "gram": None,
     }[kind]
     if kind == "random":
         return a + a.T
@@ -27,6 +28,9 @@ def _matrix(rng: np.random.Generator, n: int, kind: str) -> np.ndarray:
         return np.diag(np.sort(rng.standard_normal(n))) + 1e-4 * (a + a.T)
     if kind == "diagonal":
         return np.diag(rng.standard_normal(n))
+    if kind == "gram":  # rank-deficient, as the tracker's d d^T of dependent directions
+        b = rng.standard_normal((n, max(n // 2, 1)))
+        return b @ b.T
     return (q * spectrum) @ q.T
 
 
@@ -44,7 +48,7 @@ def _errors(matrix: np.ndarray, values, vectors) -> tuple[float, float, float]:
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n", [1, 2, 3, 6, 9, 16])
+@pytest.mark.parametrize("n", [1, 2, 3, 6, 9, 12, 16])
 def test_jacobi_matches_lapack_to_rounding(x64, dtype, n):
     # The default sweeps are enough for every kind of spectrum, 20 matrices of each.
     rng = np.random.default_rng(n)
@@ -63,18 +67,36 @@ def test_jacobi_matches_lapack_to_rounding(x64, dtype, n):
 
 
 def test_too_few_sweeps_are_not_enough(x64):
-    # The sweep table is not generous for nothing: two sweeps leave a 9 x 9 matrix unconverged.
+    # The check above can fail: two sweeps leave a 9 x 9 matrix far from converged.
     rng = np.random.default_rng(0)
     matrix = _matrix(rng, 9, "random")
     assert max(_errors(matrix, *jacobi_eigh(jnp.asarray(matrix), 2))) > 1e3
     assert max(_errors(matrix, *jacobi_eigh(jnp.asarray(matrix)))) < 100
 
 
+def test_input_is_symmetrised_as_by_eigh(x64):
+    rng = np.random.default_rng(5)
+    matrix = rng.standard_normal((6, 6))
+    values, vectors = jacobi_eigh(jnp.asarray(matrix))
+    ref_values, _ = np.linalg.eigh(0.5 * (matrix + matrix.T))
+    np.testing.assert_allclose(values, ref_values, atol=1e-13)
+    np.testing.assert_allclose(values, jnp.linalg.eigh(jnp.asarray(matrix))[0], atol=1e-13)
+    symmetric = 0.5 * (matrix + matrix.T)
+    np.testing.assert_allclose(symmetric @ vectors, vectors * values, atol=1e-13)
+
+
+def test_non_finite_input_gives_nan_everywhere():
+    values, vectors = jacobi_eigh(jnp.diag(jnp.asarray([3.0, jnp.nan, 1.0])))
+    assert np.all(np.isnan(values)) and np.all(np.isnan(vectors))
+
+
 def test_sweep_table_and_size_limit():
     assert default_sweeps(3, jnp.float32) == 5
-    assert default_sweeps(9, jnp.float64) == 10
+    assert default_sweeps(9, jnp.float64) == 11
     with pytest.raises(ValueError, match=f"up to {MAX_JACOBI_SIZE} x {MAX_JACOBI_SIZE}.*n = 17"):
         jacobi_eigh(jnp.eye(17))
+    with pytest.raises(ValueError, match=r"one square matrix \(got shape \(2, 3, 3\)\).*vmap"):
+        jacobi_eigh(jnp.ones((2, 3, 3)))
 
 
 def test_gram_schmidt_rows_are_orthonormal_and_span_the_input(x64):
@@ -86,3 +108,19 @@ def test_gram_schmidt_rows_are_orthonormal_and_span_the_input(x64):
     # The first two rows span what QR's first two span.
     householder = np.linalg.qr(vectors[:2].T)[0].T
     np.testing.assert_allclose(np.abs(q[:2] @ householder.T), np.eye(2), atol=1e-14)
+
+
+@pytest.mark.parametrize("scale", [1e-20, 1.0, 1e20])
+def test_gram_schmidt_rows_of_any_size_come_out_unit(scale):
+    # float32: the norm of a row of 1e-20s underflows, of 1e20s overflows, unless scaled.
+    rng = np.random.default_rng(4)
+    vectors = jnp.asarray(scale * rng.standard_normal((3, 40)), jnp.float32)
+    q = np.asarray(gram_schmidt_rows(vectors), np.float64)
+    np.testing.assert_allclose(q @ q.T, np.eye(3), atol=1e-6)
+
+
+def test_gram_schmidt_zero_row_stays_zero():
+    # Documented: an exactly cancelling row is not completed (callers check lengths).
+    vectors = jnp.asarray([[1.0, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 3.0, 0.0]])
+    q = np.asarray(gram_schmidt_rows(vectors))
+    np.testing.assert_allclose(np.linalg.norm(q, axis=1), [1.0, 0.0, 1.0])

@@ -130,6 +130,22 @@ def test_warm_start_holding_an_exact_eigenvector_stays_exact(small_linalg):
     np.testing.assert_allclose(np.linalg.norm(eig.eigenvectors, axis=1), 1.0, rtol=1e-5)
 
 
+def test_dependent_stored_vectors_restart_cold(x64, small_linalg):
+    # Two equal stored vectors: QR completes them, Gram-Schmidt leaves a zero row; either
+    # way the result is the true top 2 (the arrays path by restarting cold).
+    d = jnp.asarray([-1.0, -2, -3, -4, -5, -6, -7, -8])
+    loss = lambda w: 0.5 * jnp.sum(d * w**2)  # noqa: E731
+    tracker = hessian_tracker(2, num_iterations=4, tol=1e-8)
+    state = tracker.init(jnp.zeros(8), jax.random.key(0))
+    previous = jnp.zeros((2, 8)).at[:, 0].set(1.0)
+    state = state._replace(eigenvectors=previous, count=jnp.ones((), jnp.int32))
+    eig, state = jax.jit(tracker.update, static_argnums=0)(loss, jnp.zeros(8), state)
+    np.testing.assert_allclose(eig.eigenvalues, [-1.0, -2.0], rtol=1e-8)
+    np.testing.assert_allclose(np.linalg.norm(eig.eigenvectors, axis=1), 1.0, rtol=1e-8)
+    if _tracking.small_linalg() == "arrays":
+        assert bool(state.restarted)
+
+
 def test_smallest_eigenvalues_tracked(x64, small_linalg):
     spectrum = np.concatenate([[-6.0, -5.0, -4.0], np.linspace(-1.0, 8.0, 37)])
     loss, x = None, jnp.zeros(40)
