@@ -52,7 +52,8 @@ def small_linalg() -> str:
     (``benchmarks/curvature.py``, spiral DCE run, float32, top-3 block tracker, cost per step
     in plain steps, widths 100 / 1000): on an H200 38.2 / 63.0 with library calls
     against 20.7 / 39.2 in arrays (an eigh of 9 x 9 there is a 316 us solver call, Jacobi
-    118 us); on a 2-core CPU 16.4 / 20.5 against 21.8 / 21.0.
+    118 us with the 7 sweeps of then; the table now gives 8); on a 2-core CPU 16.4 / 20.5
+    against 21.8 / 21.0.
     """
     if SMALL_LINALG is not None:
         if SMALL_LINALG not in ("library", "arrays"):
