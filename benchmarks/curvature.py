@@ -138,15 +138,16 @@ _floor_two_rounds = functools.partial(_floor, batches=2)
 
 
 @contextlib.contextmanager
-def _products(vmapped: bool | None):
-    """Force ``FlatOperator.matmat`` to vmap its products (True), run them in sequence (False)
-    or choose by backend (None, the default)."""
-    before = curvature_hessian.VMAP_PRODUCTS
-    curvature_hessian.VMAP_PRODUCTS = vmapped
+def _forced(module, name: str, value):
+    """Set a module's backend switch for the block (None: choose by backend, the default):
+    ``curvature._hessian.VMAP_PRODUCTS`` (products vmapped or in sequence) or
+    ``curvature._tracking.SMALL_LINALG`` (small eigh / QR as "library" calls or in "arrays")."""
+    before = getattr(module, name)
+    setattr(module, name, value)
     try:
         yield
     finally:
-        curvature_hessian.VMAP_PRODUCTS = before
+        setattr(module, name, before)
 
 
 def _tracked(tracker):
@@ -165,18 +166,6 @@ def _cold(k):
         return (relres, jnp.ones((), bool), jnp.zeros((), jnp.int32)), state
 
     return extra
-
-
-@contextlib.contextmanager
-def _small_linalg(mode: str | None):
-    """Run the block tracker's small eigh / QR as library calls or in array operations
-    (``curvature._tracking.SMALL_LINALG``); None keeps the default."""
-    before = curvature_tracking.SMALL_LINALG
-    curvature_tracking.SMALL_LINALG = before if mode is None else mode
-    try:
-        yield
-    finally:
-        curvature_tracking.SMALL_LINALG = before
 
 
 #: Warm rows: label -> (hessian_tracker options, products vmapped or not (None = default),
@@ -227,7 +216,7 @@ def measure(
 
     vectors = jax.random.normal(jax.random.key(1), (k, p), problem.dtype)
     for label, vmapped in (("seq.", False), ("vmap", True)):
-        with _products(vmapped):
+        with _forced(curvature_hessian, "VMAP_PRODUCTS", vmapped):
             cost, stats = _scan_cost(problem, origin, steps, k, _floor, vectors)
         row(f"floor: {k} HVPs {label}", cost, *stats)
     cost, stats = _scan_cost(problem, origin, steps, k, _floor_two_rounds, vectors)
@@ -236,7 +225,10 @@ def measure(
         label, options, vmapped, small = WARM[name]
         tracker = hessian_tracker(k, **options)
         state = tracker.init(params, jax.random.key(2))
-        with _products(vmapped), _small_linalg(small):
+        with (
+            _forced(curvature_hessian, "VMAP_PRODUCTS", vmapped),
+            _forced(curvature_tracking, "SMALL_LINALG", small),
+        ):
             cost, stats = _scan_cost(problem, origin, steps, k, _tracked(tracker), state)
         row(label, cost, *stats)
     cost, stats = _scan_cost(problem, origin, max(steps // 10, 10), k, _cold(k))

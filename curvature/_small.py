@@ -17,26 +17,26 @@ import numpy as np
 
 
 @functools.cache
-def _rounds(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _rounds(n: int) -> tuple[np.ndarray, ...]:
     """Round-robin schedule of disjoint pairs covering n (even) indices in n - 1 rounds.
 
-    Returns, per round, ``partner`` (n,) the index paired with each index, ``first`` (n,)
-    whether the index is the smaller of its pair, and ``pairs`` (n // 2, 2).
+    Returns, per round, ``pairs`` (n // 2, 2) the pairs (smaller index first), and per index
+    ``partner`` (n,) the index it is paired with, ``first`` (n,) whether it is the smaller of
+    its pair and ``slot`` (n,) its pair's position in ``pairs``.
     """
     players = list(range(n))
-    partners, firsts, pairs = [], [], []
+    rounds = []
     for _ in range(n - 1):
-        round_pairs = [(players[i], players[n - 1 - i]) for i in range(n // 2)]
-        round_pairs = [(min(a, b), max(a, b)) for a, b in round_pairs]
-        partner = np.empty(n, np.int32)
-        first = np.zeros(n, bool)
-        for a, b in round_pairs:
-            partner[a], partner[b], first[a] = b, a, True
-        partners.append(partner)
-        firsts.append(first)
-        pairs.append(np.array(round_pairs, np.int32))
+        pairs = np.array(
+            [sorted((players[i], players[n - 1 - i])) for i in range(n // 2)], np.int32
+        )
+        p, q = pairs[:, 0], pairs[:, 1]
+        partner, first, slot = np.empty(n, np.int32), np.zeros(n, bool), np.empty(n, np.int32)
+        partner[p], partner[q], first[p] = q, p, True
+        slot[p] = slot[q] = np.arange(n // 2)
+        rounds.append((pairs, partner, first, slot))
         players = [players[0], players[-1], *players[1:-1]]
-    return np.stack(partners), np.stack(firsts), np.stack(pairs)
+    return tuple(np.stack(column) for column in zip(*rounds, strict=True))
 
 
 #: Largest matrix :func:`jacobi_eigh` takes: its unrolled rounds grow as n log n.
@@ -87,11 +87,11 @@ def jacobi_eigh(matrix: jax.Array, sweeps: int | None = None) -> tuple[jax.Array
     if size != n:
         a = jnp.pad(a, ((0, 1), (0, 1)))
     v = jnp.eye(size, dtype=dtype)
-    partners, firsts, pairs = _rounds(size)
+    schedule = _rounds(size)
     diagonal = np.arange(size)
     for _ in range(sweeps):
-        for partner, first, pair in zip(partners, firsts, pairs, strict=True):
-            p, q = pair[:, 0], pair[:, 1]
+        for pairs, partner, first, slot in zip(*schedule, strict=True):
+            p, q = pairs[:, 0], pairs[:, 1]
             app, aqq, apq = a[p, p], a[q, q], a[p, q]
             zero = apq == 0
             tau = (aqq - app) / (2 * jnp.where(zero, 1, apq))
@@ -100,8 +100,6 @@ def jacobi_eigh(matrix: jax.Array, sweeps: int | None = None) -> tuple[jax.Array
             c = 1 / jnp.sqrt(1 + t * t)
             s = t * c
             # Per index: the cosine of its pair, and J[partner(i), i] (-s for the first).
-            slot = np.empty(size, np.int32)
-            slot[p], slot[q] = np.arange(p.size), np.arange(q.size)
             cos = c[slot]
             off = jnp.where(first, -s[slot], s[slot])
             b = a * cos[None, :] + a[:, partner] * off[None, :]

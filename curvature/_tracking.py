@@ -312,10 +312,15 @@ def relative_residuals(eig: Eigen) -> jax.Array:
     return eig.residuals / jnp.maximum(scale, floor)
 
 
+def _in_arrays(size: int) -> bool:
+    """Whether a block of ``size`` rows goes to :mod:`curvature._small` (unrolled, so capped)."""
+    return small_linalg() == "arrays" and size <= MAX_JACOBI_SIZE
+
+
 def _orthonormal_rows(vectors: jax.Array) -> jax.Array:
     """Orthonormal rows spanning the rows of ``vectors`` (m, P): Householder QR or
     Gram-Schmidt (see :func:`small_linalg`)."""
-    if small_linalg() == "arrays" and vectors.shape[0] <= MAX_JACOBI_SIZE:
+    if _in_arrays(vectors.shape[0]):
         return gram_schmidt_rows(vectors)
     q, _ = jnp.linalg.qr(vectors.T)
     return q.T
@@ -323,7 +328,7 @@ def _orthonormal_rows(vectors: jax.Array) -> jax.Array:
 
 def _eigh(matrix: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``jnp.linalg.eigh`` of a small symmetric matrix, or Jacobi (see :func:`small_linalg`)."""
-    if small_linalg() == "arrays" and matrix.shape[-1] <= MAX_JACOBI_SIZE:
+    if _in_arrays(matrix.shape[-1]):
         return jacobi_eigh(matrix)
     return jnp.linalg.eigh(matrix)
 
