@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from curvature._checks import positive_int
+from curvature._norm import norm
 from curvature._precision import full_precision
 
 PyTree = Any
@@ -205,7 +206,7 @@ def hessian_eigh(
     values, vectors = jnp.linalg.eigh(h)
     values = values[::-1]
     vectors = vectors[:, ::-1].T
-    residuals = jnp.linalg.norm(vectors @ h - values[:, None] * vectors, axis=1)
+    residuals = norm(vectors @ h - values[:, None] * vectors, axis=1)
     return Eigen(eigenvalues=values, eigenvectors=vectors, residuals=residuals)
 
 

@@ -11,6 +11,7 @@ from jax.flatten_util import ravel_pytree
 
 from curvature._checks import is_integer, positive_int
 from curvature._hessian import Eigen, FlatOperator, LossFn, PyTree, hessian_operator
+from curvature._norm import norm, unit
 from curvature._precision import full_precision
 
 WHICH = ("largest", "smallest")
@@ -124,9 +125,6 @@ def lanczos(num_matvecs: int, *, reortho: str = "full") -> Callable[..., Krylov]
         # Restart vectors, drawn at once (cheaper than one draw per step on CPU).
         randoms = jax.random.normal(jax.random.key(0x1A2C05), (m + 1, p), dtype)
 
-        def normalised(v: jax.Array) -> jax.Array:
-            return v / jnp.maximum(jnp.linalg.norm(v), tiny)
-
         def project(basis: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
             """``v`` orthogonalised twice against the rows, and its coefficients on them.
 
@@ -137,7 +135,7 @@ def lanczos(num_matvecs: int, *, reortho: str = "full") -> Callable[..., Krylov]
             return v - h2 @ basis, h + h2
 
         def fresh(basis: jax.Array, j: jax.Array | int) -> jax.Array:
-            return normalised(project(basis, randoms[j])[0])
+            return unit(project(basis, randoms[j])[0])
 
         def step(j: jax.Array, carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
             basis, matrix, q, previous, beta, scale = carry
@@ -145,31 +143,31 @@ def lanczos(num_matvecs: int, *, reortho: str = "full") -> Callable[..., Krylov]
             w = matvec(q)
             # Largest ||A q_i|| so far: after a restart into a null space A q is rounding noise,
             # and comparing the new vector with that noise alone would not flag the breakdown.
-            size = jnp.linalg.norm(w)
+            size = norm(w)
             scale = jnp.maximum(scale, size)
             noise = size <= 100 * eps * scale
             if reortho == "full":
                 w, column = project(basis, w)
                 matrix = matrix.at[:, j].set(column)
                 restart = fresh(basis, j)
-                broke = (jnp.linalg.norm(w) <= threshold * size) | noise
+                broke = (norm(w) <= threshold * size) | noise
             else:
                 alpha = q @ w
                 w = w - alpha * q - beta * previous
                 # Column j of the tridiagonal: alpha_j and, above it, beta_{j-1}.
                 column = jnp.zeros((m,), dtype).at[j].set(alpha)
                 matrix = matrix.at[:, j].set(column.at[jnp.maximum(j - 1, 0)].add(beta))
-                broke = (jnp.linalg.norm(w) <= threshold * size) | noise
+                broke = (norm(w) <= threshold * size) | noise
                 restart = jax.lax.cond(
                     broke, lambda: fresh(basis, j), lambda: jnp.zeros((p,), dtype)
                 )
-            norm = jnp.linalg.norm(w)
-            q_next = jnp.where(broke, restart, w / jnp.maximum(norm, tiny))
-            return basis, matrix, q_next, q, jnp.where(broke, 0.0, norm).astype(dtype), scale
+            length = norm(w)
+            q_next = jnp.where(broke, restart, w / jnp.maximum(length, tiny))
+            return basis, matrix, q_next, q, jnp.where(broke, 0.0, length).astype(dtype), scale
 
         basis = jnp.zeros((m, p), dtype)
-        start_norm = jnp.linalg.norm(v0)
-        q = jnp.where(start_norm > 0, v0 / jnp.maximum(start_norm, tiny), fresh(basis, m))
+        start_length = norm(v0)
+        q = jnp.where(start_length > 0, v0 / jnp.maximum(start_length, tiny), fresh(basis, m))
         zero = jnp.zeros((), dtype)
         init = (basis, jnp.zeros((m, m), dtype), q, jnp.zeros((p,), dtype), zero, zero)
         basis, matrix, *_ = jax.lax.fori_loop(0, m, step, init)
@@ -201,7 +199,7 @@ def lanczos_top_k(
         idx = jnp.arange(k - 1, -1, -1)
     values = ritz_values[idx]
     vectors = (basis.T @ ritz_vectors[:, idx]).T  # (k, P)
-    vectors = vectors / jnp.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = unit(vectors, axis=1)
     return with_residuals(op, values, canonical_signs(vectors))
 
 
@@ -223,7 +221,7 @@ def canonical_signs(vectors: jax.Array, reference: jax.Array | None = None) -> j
 def with_residuals(op: FlatOperator, values: jax.Array, vectors: jax.Array) -> Eigen:
     """Attach true residuals ``||H v - lambda v||`` (k Hessian-vector products) to pairs."""
     hv = op.matmat(vectors)
-    residuals = jnp.linalg.norm(hv - values[:, None] * vectors, axis=1)
+    residuals = norm(hv - values[:, None] * vectors, axis=1)
     return Eigen(eigenvalues=values, eigenvectors=vectors, residuals=residuals)
 
 

@@ -17,6 +17,7 @@ from jax.experimental.sparse.linalg import lobpcg_standard
 
 from curvature._checks import is_integer, positive_int
 from curvature._lanczos import lanczos
+from curvature._norm import norm, unit
 from curvature._ntk import ApplyFn, ntk_matrix, ntk_operator, output_shape
 from curvature._precision import full_precision
 
@@ -149,7 +150,7 @@ def _ritz_residuals(
 ) -> jax.Array:
     """``||A v_i - lambda_i v_i||`` for rows ``v_i``; one block product."""
     av = matvec(vectors.T)  # (M, k)
-    return jnp.linalg.norm(av - vectors.T * values[None, :], axis=0)
+    return norm(av - vectors.T * values[None, :], axis=0)
 
 
 @full_precision
@@ -196,7 +197,7 @@ def top_k_eigh(
         values, vecs, _ = lobpcg_standard(matvec, block, m=iters)
         order = jnp.argsort(values)[::-1]
         values, vectors = values[order], vecs[:, order].T
-    vectors = vectors / jnp.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = unit(vectors, axis=1)
     return NTKEigen(values, vectors, _ritz_residuals(matvec, values, vectors))
 
 

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jax.experimental.sparse.linalg import lobpcg_standard
 
 from curvature._checks import positive_int
+from curvature._norm import norm
 from curvature._ntk import ApplyFn, ntk_operator, output_shape
 from curvature._precision import full_precision
 
@@ -66,7 +67,7 @@ def _solve(
     values, vectors, _ = lobpcg_standard(matvec, block, m=iterations)
     order = jnp.argsort(values)[::-1]
     values, vectors = values[order], vectors[:, order]
-    residuals = jnp.linalg.norm(matvec(vectors) - vectors * values[None, :], axis=0)
+    residuals = norm(matvec(vectors) - vectors * values[None, :], axis=0)
     return values, vectors, residuals
 
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from curvature._hessian import LossFn, PyTree
+from curvature._norm import norm
 from curvature._precision import full_precision
 
 
@@ -59,10 +60,10 @@ def gradient_projection(
     v = eigenvectors.astype(g.dtype)
     components = v @ g
     rest = g - components @ v
-    norm = jnp.linalg.norm(g)
+    length = norm(g)
     return GradientProjection(
         components=components,
-        normalized=jnp.abs(components) / norm,
-        perpendicular=jnp.linalg.norm(rest) / norm,
-        grad_norm=norm,
+        normalized=jnp.abs(components) / length,
+        perpendicular=norm(rest) / length,
+        grad_norm=length,
     )

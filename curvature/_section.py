@@ -13,6 +13,7 @@ from jax.flatten_util import ravel_pytree
 
 from curvature._checks import is_integer, positive_int
 from curvature._hessian import LossFn, PyTree
+from curvature._norm import norm
 from curvature._precision import full_precision
 
 A = "a"
@@ -81,15 +82,15 @@ def landscape_section(
             f"num_points must be an integer >= 2 or a pair of them (got {num_points!r})."
         )
     positive_int("chunk_size", chunk_size)
-    n1 = jnp.linalg.norm(u1)
+    n1 = norm(u1)
     u1 = u1 / n1
     u2 = u2 - (u2 @ u1) * u1
     u2 = u2 - (u2 @ u1) * u1  # twice: one projection leaves rounding along u1
-    n2 = jnp.linalg.norm(u2)
+    n2 = norm(u2)
     # v2 parallel to v1 leaves rounding, ~eps |v2|: independence needs more than sqrt(eps).
     floor = float(jnp.finfo(flat.dtype).eps) ** 0.5
     if not (
-        float(n1) > 0.0 and float(n2) > floor * float(jnp.linalg.norm(_as_flat(v2, p, "v2")))
+        float(n1) > 0.0 and float(n2) > floor * float(norm(_as_flat(v2, p, "v2")))
     ):  # also catches NaN or inf entries
         raise ValueError(
             "v1 and v2 must be finite, non-zero and linearly independent to span a plane "
@@ -143,7 +144,7 @@ def _project_path(
     delta = trajectory.astype(centre.dtype) - centre[None, :]
     a = delta @ u1
     b = delta @ u2
-    distance = jnp.linalg.norm(delta - a[:, None] * u1 - b[:, None] * u2, axis=1)
+    distance = norm(delta - a[:, None] * u1 - b[:, None] * u2, axis=1)
     return xr.Dataset(
         {
             A: (POINT, np.asarray(a), {"long_name": "coordinate along u1"}),

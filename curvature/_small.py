@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from curvature._norm import unit
+
 
 @functools.cache
 def _rounds(n: int) -> tuple[np.ndarray, ...]:
@@ -113,9 +115,10 @@ def jacobi_eigh(matrix: jax.Array, sweeps: int | None = None) -> tuple[jax.Array
 def gram_schmidt_rows(vectors: jax.Array) -> jax.Array:
     """Orthonormal rows spanning ``vectors`` (m, P) by modified Gram-Schmidt applied twice.
 
-    Lengths are taken after scaling each row by its largest entry, so rows of any
-    representable size come out of unit length. Unlike Householder QR, a row dependent on the
-    earlier ones does not come out as an arbitrary orthonormal completion: it is rounding
+    Lengths are taken after scaling each row by a power of two near its largest entry
+    (:func:`curvature._norm.unit`), so rows of any representable size come out of unit
+    length. Unlike Householder QR, a row dependent on the earlier ones does not come out as
+    an arbitrary orthonormal completion: it is rounding
     noise made unit and orthogonal to them, or exactly zero when it cancels exactly. Callers
     check lengths (the block tracker drops or restarts on rows shorter than 1/2).
     """
@@ -125,14 +128,6 @@ def gram_schmidt_rows(vectors: jax.Array) -> jax.Array:
         for _ in range(2):
             for done in rows:
                 row = row - jnp.vdot(done, row) * done
-            row = _unit(row)
+            row = unit(row)
         rows.append(row)
     return jnp.stack(rows)
-
-
-def _unit(row: jax.Array) -> jax.Array:
-    """``row / ||row||`` without overflow or underflow in the norm; zero stays zero."""
-    scale = jnp.max(jnp.abs(row))
-    row = row / jnp.where(scale > 0, scale, 1)
-    length = jnp.linalg.norm(row)
-    return row / jnp.where(length > 0, length, 1)

@@ -27,6 +27,7 @@ from curvature._lanczos import (
     lanczos_top_k,
     with_residuals,
 )
+from curvature._norm import norm
 from curvature._precision import full_precision
 from curvature._small import MAX_JACOBI_SIZE, gram_schmidt_rows, jacobi_eigh
 
@@ -377,12 +378,12 @@ def _block(
     x = _orthonormal_rows(previous)
     # Stored vectors that are linearly dependent leave a short row after Gram-Schmidt (QR
     # completes them instead): such a warm start is reported unconverged, so it restarts cold.
-    dependent = jnp.any(jnp.linalg.norm(x, axis=1) < 0.5)
+    dependent = jnp.any(norm(x, axis=1) < 0.5)
     values, x, hx, resid = _ritz(x, matmat(x), k)
 
     def cond(carry: tuple[jax.Array, ...]) -> jax.Array:
         i, values, _, _, resid, _, _ = carry
-        norms = jnp.linalg.norm(resid, axis=1)
+        norms = norm(resid, axis=1)
         converged = jnp.all(relative_residuals(Eigen(values, resid, norms)) <= tol)
         return (i < num_iterations) & ~converged & ~dependent
 
@@ -396,7 +397,7 @@ def _block(
         z = _orthonormal_rows(z - (z @ x.T) @ x)
         z = _orthonormal_rows(z - (z @ x.T) @ x)
         z = z - (z @ x.T) @ x
-        lengths = jnp.linalg.norm(z, axis=1)
+        lengths = norm(z, axis=1)
         keep_z = lengths > 0.5
         z = z * jnp.where(keep_z, 1.0 / jnp.where(keep_z, lengths, 1.0), 0.0)[:, None]
         hz = matmat(z)
@@ -404,7 +405,7 @@ def _block(
         hxz = jnp.concatenate([hx, hz])
         # Previous direction: rows normalised (no cancellation: its rows are combinations of
         # orthonormal rows), projected twice, whitened; nearly dependent directions dropped.
-        norms = jnp.linalg.norm(d, axis=1, keepdims=True)
+        norms = norm(d, axis=1, keepdims=True)
         inv = jnp.where(norms > 0, 1.0 / jnp.where(norms > 0, norms, 1.0), 0.0)
         d, hd = d * inv, hd * inv
         d, hd = project(d, hd, xz, hxz)
@@ -433,7 +434,7 @@ def _block(
     zeros = jnp.zeros((k, p), dtype)
     init = (jnp.zeros((), jnp.int32), values, x, hx, resid, zeros, zeros)
     iters, values, x, _, resid, _, _ = jax.lax.while_loop(cond, body, init)
-    residuals = jnp.where(dependent, jnp.inf, jnp.linalg.norm(resid, axis=1))
+    residuals = jnp.where(dependent, jnp.inf, norm(resid, axis=1))
     eig = _signed(Eigen(values, x, residuals), sign)
     return eig, iters
 

@@ -264,3 +264,16 @@ def test_plain_recurrence_restarts_below_sqrt_eps(x64):
         np.testing.assert_allclose(basis @ basis.T, np.eye(6), atol=1e-8)
         ritz = np.linalg.eigvalsh(np.asarray(matrix))
         assert ritz.min() >= 1.0 - 1e-9 and ritz.max() <= 10.0 + 1e-9
+
+
+@pytest.mark.parametrize("scale", [1e-15, 1e-20])
+def test_tiny_hessians_keep_their_eigenvalues_and_residuals_in_float32(scale):
+    # Late in cross-entropy training the Hessian shrinks with exp(-margin). Plain float32
+    # norms of vectors below ~1e-19 flush to zero: Lanczos then broke down at every step
+    # (wrong eigenvalues) and residuals read 0 (every answer "converged").
+    loss, (params,) = spiral_problem(20, jnp.float32, steps=(50,))
+    reference = hessian_top_k(loss, params, 3)
+    eig = hessian_top_k(lambda p: scale * loss(p), params, 3)
+    np.testing.assert_allclose(eig.eigenvalues / scale, reference.eigenvalues, rtol=1e-5)
+    relative = np.asarray(eig.residuals / scale / reference.eigenvalues)
+    assert np.all(relative > 0) and np.all(relative < 1e-4)

@@ -49,3 +49,16 @@ def test_normalized_components_are_magnitudes(x64):
 def test_wrong_eigenvector_shape_message():
     with pytest.raises(ValueError, match=r"shape \(k, P\) with P = 3.*got shape \(2, 4\)"):
         gradient_projection(lambda z: jnp.sum(z**2), jnp.zeros(3), jnp.zeros((2, 4)))
+
+
+def test_tiny_gradients_keep_their_norm_and_split_in_float32():
+    # Gradients of 1e-25: plain float32 norms flush to zero and the split read 0 / 0 = NaN.
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal(40), jnp.float32)
+    loss = lambda z: jnp.sum(jnp.cos(z))  # noqa: E731
+    vectors = jnp.asarray(np.linalg.qr(rng.standard_normal((40, 3)))[0].T, jnp.float32)
+    reference = gradient_projection(loss, x, vectors)
+    tiny = gradient_projection(lambda z: 1e-25 * loss(z), x, vectors)
+    np.testing.assert_allclose(tiny.grad_norm / 1e-25, reference.grad_norm, rtol=1e-5)
+    np.testing.assert_allclose(tiny.perpendicular, reference.perpendicular, rtol=1e-5)
+    np.testing.assert_allclose(tiny.normalized, reference.normalized, rtol=1e-4)

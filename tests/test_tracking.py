@@ -8,7 +8,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from test_lanczos import spiral_problem
 
-from curvature import _tracking, hessian_eigh, hessian_tracker
+from curvature import _tracking, hessian_eigh, hessian_top_k, hessian_tracker
 
 
 @pytest.fixture(params=["library", "arrays"])
@@ -271,3 +271,22 @@ def test_small_linalg_follows_the_backend(monkeypatch):
     monkeypatch.setattr(_tracking, "SMALL_LINALG", "lapack")
     with pytest.raises(ValueError, match="SMALL_LINALG must be None, 'library' or 'arrays'"):
         _tracking.small_linalg()
+
+
+def test_tiny_hessian_warm_start_is_judged_by_true_residuals(small_linalg):
+    # float32, Hessian scaled by 1e-20: residual norms of plain squares flush to zero, which
+    # accepted any stale warm start as converged. The tracker moves from the parameters at
+    # step 0 to those at step 300: the stale vectors must be refined (or restarted) to the
+    # eigenpairs at the new point.
+    scale = 1e-20
+    loss, (start, end) = spiral_problem(20, jnp.float32, steps=(0, 300))
+    tiny = lambda p: scale * loss(p)  # noqa: E731
+    tracker = hessian_tracker(3)
+    state = tracker.init(start, jax.random.key(0))
+    _, state = tracker.update(tiny, start, state)
+    eig, state = tracker.update(tiny, end, state)
+    reference = hessian_top_k(loss, end, 3)
+    np.testing.assert_allclose(eig.eigenvalues / scale, reference.eigenvalues, rtol=1e-4)
+    relative = np.asarray(eig.residuals / np.abs(eig.eigenvalues))
+    assert np.all(relative > 0) and np.all(relative <= _tracking._default_tol(jnp.float32))
+    assert bool(state.restarted) or int(state.iterations) > 0

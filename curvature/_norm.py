@@ -1,0 +1,45 @@
+"""Euclidean norms whose squares neither underflow nor overflow.
+
+``jnp.linalg.norm`` sums plain squares: in float32 a vector whose entries are below about
+1e-19 has squares below the smallest normal number, which XLA flushes to zero, so its norm
+comes out 0. Hessians that small are not exotic: late in cross-entropy training, with large
+margins, the softmax saturates and the loss, its gradient and its Hessian all shrink towards
+exp(-margin). A residual norm of 0 would then report every warm start as converged. The norms
+here first divide by the largest power of two not above the largest magnitude (exact, as a
+division by a power of two; kept within the range whose reciprocal is a normal number, as XLA
+divides by multiplying with the reciprocal), so the squares lie in [0, 64).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def _scaled(x: jax.Array, axis: int | tuple[int, ...] | None) -> tuple[jax.Array, jax.Array]:
+    """``(x / s, s)`` with ``s`` (keepdims) the power of two described in the module docstring."""
+    info = jnp.finfo(x.dtype)
+    largest = jnp.max(jnp.abs(x), axis=axis, keepdims=True)
+    _, exponent = jnp.frexp(largest)
+    # XLA divides by multiplying with the reciprocal, which must stay a normal number.
+    exponent = jnp.clip(exponent - 1, info.minexp + 1, info.maxexp - 3)
+    scale = jnp.where(jnp.isfinite(largest), jnp.ldexp(jnp.ones_like(largest), exponent), 1.0)
+    return x / scale, scale
+
+
+def norm(
+    x: jax.Array, axis: int | tuple[int, ...] | None = None, *, keepdims: bool = False
+) -> jax.Array:
+    """``||x||_2`` along ``axis`` (all axes when None), as ``jnp.linalg.norm`` for vectors,
+    accurate at any scale the dtype represents: 0 for zeros, inf when an entry is infinite,
+    NaN when one is NaN."""
+    scaled, scale = _scaled(x, axis)
+    total = scale * jnp.sqrt(jnp.sum(jnp.square(scaled), axis=axis, keepdims=True))
+    return total if keepdims else jnp.squeeze(total, axis=axis)
+
+
+def unit(x: jax.Array, axis: int | tuple[int, ...] | None = None) -> jax.Array:
+    """``x / ||x||`` along ``axis`` at any scale; zero stays zero."""
+    scaled, _ = _scaled(x, axis)
+    length = jnp.sqrt(jnp.sum(jnp.square(scaled), axis=axis, keepdims=True))
+    return scaled / jnp.where(length > 0, length, 1.0)

@@ -1,0 +1,52 @@
+"""Norms without underflow or overflow of the squares, against NumPy in float64."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from curvature._norm import norm, unit
+
+
+@pytest.mark.parametrize(
+    ("dtype", "scales"),
+    [
+        (np.float32, [1e-33, 1e-20, 1.0, 1e20, 1e37]),
+        (np.float64, [1e-300, 1e-160, 1.0, 1e160, 1e300]),
+    ],
+)
+def test_norm_matches_numpy_at_every_scale(x64, dtype, scales):
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((4, 50))
+    rows[1, 7] = 30.0  # one dominant entry
+    rows[2] = 0.0
+    rows[3, ::2] = 0.0
+    eps = np.finfo(dtype).eps
+    for scale in scales:
+        x = (rows * scale).astype(dtype)
+        # Reference: float64 on the unscaled rows (the tolerance covers rounding x itself;
+        # float32 stops at 1e-33, where the smallest entries are still normal numbers).
+        expected = np.linalg.norm(rows, axis=1) * scale
+        got = np.asarray(norm(jnp.asarray(x), axis=1), np.float64)
+        np.testing.assert_allclose(got, expected, rtol=10 * eps, err_msg=f"scale {scale}")
+        np.testing.assert_allclose(
+            float(norm(jnp.asarray(x))), np.linalg.norm(rows) * scale, rtol=10 * eps
+        )
+        kept = norm(jnp.asarray(x), axis=1, keepdims=True)
+        assert kept.shape == (4, 1)
+        lengths = np.linalg.norm(np.asarray(unit(jnp.asarray(x), axis=1), np.float64), axis=1)
+        np.testing.assert_allclose(lengths, [1.0, 1.0, 0.0, 1.0], atol=10 * eps)
+
+
+def test_plain_norm_underflows_where_this_one_does_not():
+    # The failure this module exists for: float32 squares of 1e-20 flush to zero.
+    x = jnp.full((10,), 1e-20, jnp.float32)
+    assert float(jnp.linalg.norm(x)) == 0.0
+    np.testing.assert_allclose(float(norm(x)), np.sqrt(10) * 1e-20, rtol=1e-6)
+
+
+def test_norm_of_zeros_infinities_and_nans():
+    assert float(norm(jnp.zeros(5))) == 0.0
+    assert float(norm(jnp.array([1.0, -jnp.inf, 2.0]))) == np.inf
+    assert np.isnan(float(norm(jnp.array([1.0, jnp.nan, jnp.inf]))))
+    np.testing.assert_array_equal(np.asarray(unit(jnp.zeros(3))), 0.0)
+    np.testing.assert_allclose(np.asarray(unit(jnp.array([3.0, 4.0]))), [0.6, 0.8], rtol=1e-7)
