@@ -356,3 +356,18 @@ def test_minibatches_are_fresh_every_step():
     assert static.std() > 1e-2 * static.mean()
     full = restore(ds, 0).static_loss_fn(restore(ds, 0).params)
     np.testing.assert_allclose(static.mean(), float(full), rtol=0.1)
+
+
+def test_interrupt_marks_file_with_its_cause(tmp_path):
+    path = tmp_path / "interrupted.nc"
+
+    def progress(done, total, latest):
+        if done >= 100:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(SMALL.replace(output=str(path)), progress=progress)
+    ds = open_run(path)
+    assert ds.attrs["status"] == "failed"
+    assert ds.attrs["error"] == "KeyboardInterrupt: interrupted (Ctrl-C or SIGINT)"
+    assert int(ds.attrs["last_complete_step"]) == 99

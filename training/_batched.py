@@ -400,7 +400,7 @@ def _train_batch(
         except BaseException as error:
             for writer in writers:
                 if writer is not None:
-                    writer.set_attrs(status="failed", error=f"{type(error).__name__}: {error}")
+                    writer.mark_failed(error)
                     writer.close()
             raise
     keys = [np.asarray(jax.random.key_data(s[2]), np.uint32) for s in states]
@@ -429,7 +429,7 @@ def _train_batch(
     except BaseException as error:
         for writer, bad in zip(writers or (), diverged_at, strict=False):
             if writer is not None and bad < 0:
-                writer.set_attrs(status="failed", error=f"{type(error).__name__}: {error}")
+                writer.mark_failed(error)
         raise
     finally:
         for writer in writers or ():

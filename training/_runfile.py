@@ -202,6 +202,15 @@ class RunWriter:
         self._nc.setncatts(attrs)
         self._nc.sync()
 
+    def mark_failed(self, error: BaseException) -> None:
+        """Set ``status="failed"`` and an ``error`` attribute naming what stopped the run."""
+        if isinstance(error, KeyboardInterrupt):
+            text = "KeyboardInterrupt: interrupted (Ctrl-C or SIGINT)"
+        else:
+            message = str(error)
+            text = f"{type(error).__name__}: {message}" if message else type(error).__name__
+        self.set_attrs(status="failed", error=text)
+
     def close(self) -> None:
         if self._nc.isopen():
             self._nc.close()

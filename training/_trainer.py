@@ -738,7 +738,7 @@ def _run(
             )
             writer.set_attrs(status="complete")
     except BaseException as error:
-        writer.set_attrs(status="failed", error=f"{type(error).__name__}: {error}")
+        writer.mark_failed(error)
         raise
     finally:
         writer.close()
