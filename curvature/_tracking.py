@@ -420,7 +420,9 @@ def _block(
         h_basis = jnp.concatenate([hxz, hd])
         gram = basis @ h_basis.T
         gram = 0.5 * (gram + gram.T)
-        penalty = 10.0 * (1.0 + jnp.max(jnp.abs(gram)))
+        # Dropped directions (zero rows) get a diagonal below the spectrum, relative to it:
+        # an absolute floor would swamp the eigh of a Hessian of scale 1e-10 with rounding.
+        penalty = 10.0 * jnp.maximum(jnp.max(jnp.abs(gram)), jnp.finfo(dtype).tiny)
         mask = jnp.concatenate([jnp.ones((k,), bool), keep_z, keep])
         gram = jnp.where(jnp.diag(~mask), -penalty, gram)
         values, coeffs = _eigh(gram)

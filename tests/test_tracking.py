@@ -115,18 +115,21 @@ def test_warm_start_on_fixed_matrix_does_not_restart(
     assert np.all(cos > 1 - 1e-10)
 
 
-def test_warm_start_holding_an_exact_eigenvector_stays_exact(small_linalg):
+@pytest.mark.parametrize("scale", [1.0, 1e-10])
+def test_warm_start_holding_an_exact_eigenvector_stays_exact(small_linalg, scale):
     # The first stored vector is an exact eigenvector: its residual row is exactly zero, and
     # the residual block must not turn it into a direction inside the warm vectors' span.
-    d = jnp.asarray([10.0, 9, 8, 1, 0.5, 0.2, 0.1, 0])
+    # At scale 1e-10 the dropped direction's penalty must scale too (an absolute one swamped
+    # the eigh and the warm start failed into a cold restart).
+    d = jnp.asarray([10.0, 9, 8, 1, 0.5, 0.2, 0.1, 0]) * scale
     loss = lambda w: 0.5 * jnp.sum(d * w**2)  # noqa: E731
     tracker = hessian_tracker(2, num_iterations=4, tol=1e-5)
     state = tracker.init(jnp.zeros(8), jax.random.key(0))
     previous = jnp.zeros((2, 8)).at[0, 0].set(1.0).at[1, 1].set(0.6).at[1, 3].set(0.8)
     state = state._replace(eigenvectors=previous, count=jnp.ones((), jnp.int32))
     eig, state = jax.jit(tracker.update, static_argnums=0)(loss, jnp.zeros(8), state)
-    assert not bool(state.restarted)
-    np.testing.assert_allclose(eig.eigenvalues, [10.0, 9.0], rtol=1e-5)
+    assert not bool(state.restarted) and int(state.iterations) == 1
+    np.testing.assert_allclose(eig.eigenvalues / scale, [10.0, 9.0], rtol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(eig.eigenvectors, axis=1), 1.0, rtol=1e-5)
 
 
