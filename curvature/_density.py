@@ -97,7 +97,8 @@ def spectral_density(
             values extended by 5 sigma on both sides.
         num_points: grid size when ``grid`` is None.
         sigma: kernel width; default 1% of the Ritz-value range, at least 1e-3 of the
-            largest |Ritz value| (a spectrum of one repeated value gets a finite width).
+            largest |Ritz value| (a spectrum of one repeated value gets a finite width; a
+            zero spectrum width 1), so it scales with the Hessian.
         key: PRNG key for the probes (default ``jax.random.key(0)``).
         reortho: ``"full"`` (default) or ``"none"`` reorthogonalisation.
 
@@ -138,9 +139,12 @@ def spectral_density(
     if sigma is None:
         spread = jnp.max(ritz_values) - jnp.min(ritz_values)
         scale = jnp.max(jnp.abs(ritz_values))
-        sigma = jnp.maximum(
-            jnp.maximum(0.01 * spread, 1e-3 * scale), jnp.finfo(flat.dtype).tiny ** 0.5
-        )
+        width = jnp.maximum(0.01 * spread, 1e-3 * scale)
+        # Relative at every scale; an absolute floor (it was sqrt(tiny), 1e-19 in float32)
+        # widened the density of a Hessian of scale 1e-18. Only a width below the smallest
+        # normal number is raised to it, and a zero spectrum gets width 1.
+        tiny = jnp.finfo(flat.dtype).tiny
+        sigma = jnp.where(width >= tiny, width, jnp.where(scale > 0, tiny, 1.0))
     if grid is None:
         grid = jnp.linspace(
             jnp.min(ritz_values) - 5 * sigma, jnp.max(ritz_values) + 5 * sigma, num_points

@@ -110,3 +110,24 @@ def test_default_sigma_and_grid(x64, spectrum, sigma):
     np.testing.assert_allclose(dens.grid[-1], ritz.max() + 5 * sigma, rtol=1e-9)
     expected = broaden(dens.ritz_values, dens.ritz_weights, dens.grid, sigma)
     np.testing.assert_allclose(dens.density, expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1e-20, 1e-10, 1e10])
+def test_default_density_scales_with_the_hessian_in_float32(scale):
+    # The default sigma and grid are relative: the density of s H is that of H stretched by s
+    # (an absolute floor of sqrt(tiny) = 1e-19 had widened it 100x at s = 1e-20).
+    values = jnp.asarray(np.linspace(-1.0, 3.0, 30), jnp.float32)
+    loss = lambda z: 0.5 * jnp.sum(values * z**2)  # noqa: E731
+    tiny = lambda z: scale * loss(z)  # noqa: E731
+    options = {"num_probes": 4, "num_matvecs": 12, "num_points": 64}
+    ref = spectral_density(loss, jnp.zeros(30, jnp.float32), **options)
+    dens = spectral_density(tiny, jnp.zeros(30, jnp.float32), **options)
+    np.testing.assert_allclose(dens.ritz_values / scale, ref.ritz_values, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dens.grid / scale, ref.grid, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dens.density * scale, ref.density, rtol=1e-3, atol=1e-5)
+
+
+def test_zero_hessian_gets_a_unit_width(x64):
+    dens = spectral_density(lambda z: 0.0 * jnp.sum(z), jnp.zeros(5), num_matvecs=2)
+    np.testing.assert_allclose([dens.grid[0], dens.grid[-1]], [-5.0, 5.0])
+    assert np.all(np.isfinite(dens.density))
