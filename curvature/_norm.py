@@ -17,14 +17,21 @@ import jax
 import jax.numpy as jnp
 
 
-def _scaled(x: jax.Array, axis: int | tuple[int, ...] | None) -> tuple[jax.Array, jax.Array]:
-    """``(x / s, s)`` with ``s`` (keepdims) the power of two described in the module docstring."""
-    info = jnp.finfo(x.dtype)
-    largest = jnp.max(jnp.abs(x), axis=axis, keepdims=True)
-    _, exponent = jnp.frexp(largest)
-    # XLA divides by multiplying with the reciprocal, which must stay a normal number.
+def power_of_two(size: jax.Array) -> jax.Array:
+    """The largest power of two not above ``|size|`` (element-wise), kept where its reciprocal
+    is a normal number (XLA divides by multiplying with the reciprocal); 1 where ``size`` is
+    0, infinite or NaN. Dividing by it is exact."""
+    size = jnp.abs(size)
+    info = jnp.finfo(size.dtype)
+    _, exponent = jnp.frexp(size)
     exponent = jnp.clip(exponent - 1, info.minexp + 1, info.maxexp - 3)
-    scale = jnp.where(jnp.isfinite(largest), jnp.ldexp(jnp.ones_like(largest), exponent), 1.0)
+    usable = jnp.isfinite(size) & (size > 0)
+    return jnp.where(usable, jnp.ldexp(jnp.ones_like(size), exponent), 1.0)
+
+
+def _scaled(x: jax.Array, axis: int | tuple[int, ...] | None) -> tuple[jax.Array, jax.Array]:
+    """``(x / s, s)`` with ``s`` (keepdims) the power of two of the largest magnitude."""
+    scale = power_of_two(jnp.max(jnp.abs(x), axis=axis, keepdims=True))
     return x / scale, scale
 
 

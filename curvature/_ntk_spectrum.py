@@ -13,10 +13,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental.sparse.linalg import lobpcg_standard
 
 from curvature._checks import is_integer, positive_int
 from curvature._lanczos import lanczos
+from curvature._lobpcg import scaled_lobpcg
 from curvature._norm import norm, unit
 from curvature._ntk import ApplyFn, ntk_matrix, ntk_operator, output_shape
 from curvature._precision import full_precision
@@ -171,7 +171,8 @@ def top_k_eigh(
         k: number of eigenpairs.
         method: ``"lanczos"`` (:func:`~curvature.lanczos`, full reorthogonalisation and
             restarts at breakdown, then the Ritz pairs of the projected matrix) or ``"lobpcg"``
-            (``jax.experimental.sparse.linalg.lobpcg_standard``).
+            (``jax.experimental.sparse.linalg.lobpcg_standard``, on the kernel divided by a
+            power of two near its size, so that its sums of squares stay in range).
         num_iterations: Krylov depth for Lanczos (default ``min(M, max(2k + 20, 40))``; a
             depth above the operator's rank is fine, the recurrence restarts) or the LOBPCG
             iteration cap (default 100).
@@ -194,7 +195,7 @@ def top_k_eigh(
     elif method == "lobpcg":
         iters = 100 if num_iterations is None else num_iterations
         block = v0 if v0.ndim == 2 else _widen(v0, k)
-        values, vecs, _ = lobpcg_standard(matvec, block, m=iters)
+        values, vecs, _ = scaled_lobpcg(matvec, block, iters)
         order = jnp.argsort(values)[::-1]
         values, vectors = values[order], vecs[:, order].T
     vectors = unit(vectors, axis=1)

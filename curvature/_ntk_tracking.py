@@ -2,8 +2,9 @@
 
 An optax-style pair of pure functions: ``state = tracker.init(apply_fn, params, x, key)`` and
 ``track, state = tracker.update(apply_fn, params, x, state)``. Every step runs a few LOBPCG
-iterations (``jax.experimental.sparse.linalg.lobpcg_standard``) warm-started from the previous
-step's eigenvectors; when the warm result's relative residual exceeds ``restart_tol`` (or is
+iterations (``jax.experimental.sparse.linalg.lobpcg_standard``, on the kernel divided by a power
+of two near the previous step's top eigenvalue) warm-started from the previous step's
+eigenvectors; when the warm result's relative residual exceeds ``restart_tol`` (or is
 NaN, or on the first update) a ``lax.cond`` runs a cold solve from fresh random vectors
 instead. Shapes are fixed and nothing leaves the device, so it runs inside ``lax.scan``.
 """
@@ -15,9 +16,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.experimental.sparse.linalg import lobpcg_standard
 
 from curvature._checks import positive_int
+from curvature._lobpcg import scaled_lobpcg
 from curvature._norm import norm
 from curvature._ntk import ApplyFn, ntk_operator, output_shape
 from curvature._precision import full_precision
@@ -30,11 +31,14 @@ class NTKTrackerState(NamedTuple):
 
     Attributes:
         vectors: (N*C, k) current eigenvector estimates (columns), sample-major.
+        eigenvalues: (k,) the last reported eigenvalues (zeros before the first update); the
+            largest sets the scale the next warm solve divides the kernel by.
         key: PRNG key for cold restarts.
         started: bool scalar, False until the first update (which always solves cold).
     """
 
     vectors: jax.Array
+    eigenvalues: jax.Array
     key: jax.Array
     started: jax.Array
 
@@ -62,9 +66,12 @@ class NTKTracker(NamedTuple):
 
 
 def _solve(
-    matvec: Callable[[jax.Array], jax.Array], block: jax.Array, iterations: int
+    matvec: Callable[[jax.Array], jax.Array],
+    block: jax.Array,
+    iterations: int,
+    size: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    values, vectors, _ = lobpcg_standard(matvec, block, m=iterations)
+    values, vectors, _ = scaled_lobpcg(matvec, block, iterations, size=size)
     order = jnp.argsort(values)[::-1]
     values, vectors = values[order], vectors[:, order]
     residuals = norm(matvec(vectors) - vectors * values[None, :], axis=0)
@@ -108,13 +115,15 @@ def ntk_tracker(
         dtype = jax.eval_shape(apply_fn, params, x).dtype
         key, sub = jax.random.split(key)
         vectors = jax.random.normal(sub, (n * c, k), dtype=dtype)
-        return NTKTrackerState(vectors, key, jnp.asarray(False))
+        return NTKTrackerState(vectors, jnp.zeros((k,), dtype), key, jnp.asarray(False))
 
     def update(
         apply_fn: ApplyFn, params: PyTree, x: jax.Array, state: NTKTrackerState
     ) -> tuple[NTKTrack, NTKTrackerState]:
         matvec = ntk_operator(apply_fn, params, x)
-        values, vectors, residuals = _solve(matvec, state.vectors, num_iterations)
+        values, vectors, residuals = _solve(
+            matvec, state.vectors, num_iterations, size=state.eigenvalues[0]
+        )
         scale = jnp.maximum(jnp.abs(values[0]), jnp.finfo(values.dtype).tiny)
         good = jnp.all(residuals / scale <= restart_tol)
         restart = jnp.logical_or(jnp.logical_not(state.started), jnp.logical_not(good))
@@ -129,7 +138,7 @@ def ntk_tracker(
 
         values, vectors, residuals = jax.lax.cond(restart, cold, warm, None)
         track = NTKTrack(values, residuals, restart)
-        return track, NTKTrackerState(vectors, key, jnp.asarray(True))
+        return track, NTKTrackerState(vectors, values, key, jnp.asarray(True))
 
     return NTKTracker(init, full_precision(update))
 

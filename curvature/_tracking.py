@@ -13,7 +13,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.experimental.sparse.linalg import lobpcg_standard
 from jax.flatten_util import ravel_pytree
 
 from curvature._checks import is_integer, positive_int
@@ -27,6 +26,7 @@ from curvature._lanczos import (
     lanczos_top_k,
     with_residuals,
 )
+from curvature._lobpcg import scaled_lobpcg
 from curvature._norm import norm
 from curvature._precision import full_precision
 from curvature._small import MAX_JACOBI_SIZE, gram_schmidt_rows, jacobi_eigh
@@ -257,7 +257,8 @@ def hessian_tracker(
             if method == "block":
                 eig, iters = _block(op, previous, num_iterations, warm_tol, sign)
             elif method == "jax_lobpcg":
-                eig, iters = _lobpcg(op, previous, num_iterations, warm_tol, sign)
+                size = jnp.max(jnp.abs(state.eigenvalues)).astype(dtype)
+                eig, iters = _lobpcg(op, previous, size, num_iterations, warm_tol, sign)
             else:
                 start = jnp.sum(previous, axis=0)
                 eig = lanczos_top_k(op, k, start, num_matvecs=num_iterations, which=which)
@@ -442,20 +443,27 @@ def _block(
 
 
 def _lobpcg(
-    op: FlatOperator, previous: jax.Array, num_iterations: int, tol: jax.Array, sign: float
+    op: FlatOperator,
+    previous: jax.Array,
+    size: jax.Array,
+    num_iterations: int,
+    tol: jax.Array,
+    sign: float,
 ) -> tuple[Eigen, jax.Array]:
     """Warm LOBPCG (jax.experimental) on ``sign * H``, residuals from k more products.
 
     lobpcg_standard stops when ``r < tol' * 10 P (|lambda| + |H v|)``; ``tol' = tol / (20 P)``
-    makes that about ``r < tol |lambda|``, the tracker's relative criterion.
+    makes that about ``r < tol |lambda|``, the tracker's relative criterion. It runs on the
+    operator scaled by a power of two near ``size``, the previous step's largest |lambda|
+    (see :func:`curvature._lobpcg.scaled_lobpcg`).
     """
     p = previous.shape[1]
 
     def matmat_columns(v: jax.Array) -> jax.Array:
         return sign * op.matmat(v.T).T
 
-    values, vectors, iters = lobpcg_standard(
-        matmat_columns, previous.T, m=num_iterations, tol=tol / (20 * p)
+    values, vectors, iters = scaled_lobpcg(
+        matmat_columns, previous.T, num_iterations, size=size, tol=tol / (20 * p)
     )
     eig = with_residuals(op, sign * values, vectors.T)
     order = jnp.argsort(-eig.eigenvalues)

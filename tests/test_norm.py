@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from curvature._norm import norm, unit
+from curvature._norm import norm, power_of_two, unit
 
 
 @pytest.mark.parametrize(
@@ -50,3 +50,13 @@ def test_norm_of_zeros_infinities_and_nans():
     assert np.isnan(float(norm(jnp.array([1.0, jnp.nan, jnp.inf]))))
     np.testing.assert_array_equal(np.asarray(unit(jnp.zeros(3))), 0.0)
     np.testing.assert_allclose(np.asarray(unit(jnp.array([3.0, 4.0]))), [0.6, 0.8], rtol=1e-7)
+
+
+def test_power_of_two_is_exact_and_in_range():
+    sizes = jnp.asarray([3.0, 1.0, 0.75, 1e-30, 3e38, 0.0, jnp.inf, jnp.nan], jnp.float32)
+    got = np.asarray(power_of_two(sizes), np.float64)
+    assert list(got[:3]) == [2.0, 1.0, 0.5]
+    assert got[3] == 2.0 ** np.floor(np.log2(1e-30))
+    # Clamped so that its reciprocal is a normal float32 (XLA divides by multiplying).
+    assert got[4] == 2.0**125 and 1.0 / got[4] >= np.finfo(np.float32).tiny
+    assert list(got[5:]) == [1.0, 1.0, 1.0]

@@ -229,3 +229,18 @@ def test_stability_factors_reject_bad_inputs(learning_rate, num_samples, message
 def test_stability_factors_reject_a_negative_zero_tolerance():
     with pytest.raises(ValueError, match=r"zero_tolerance must be >= 0 or None \(got -1.0\)"):
         stability_factors(jnp.ones(3), 1.0, 3, zero_tolerance=-1.0)
+
+
+@pytest.mark.parametrize("scale", [1e-10, 1e9])
+def test_lobpcg_top_k_at_any_kernel_scale_in_float32(scale):
+    # Outputs scaled by s scale the kernel by s^2 (1e-20, 1e18). JAX's LOBPCG sums plain
+    # squares: unscaled it returned the start vectors' Rayleigh quotients there.
+    params, apply = mlp(jax.random.PRNGKey(0))
+    x = jax.random.normal(jax.random.PRNGKey(1), (20, 2))
+    scaled = lambda p, z: scale * apply(p, z)  # noqa: E731
+    reference = ntk_top_k(apply, params, x, 3, method="lobpcg")
+    eig = ntk_top_k(scaled, params, x, 3, method="lobpcg")
+    np.testing.assert_allclose(eig.eigenvalues / scale**2, reference.eigenvalues, rtol=1e-5)
+    np.testing.assert_allclose(
+        eig.residuals / eig.eigenvalues, reference.residuals / reference.eigenvalues, atol=1e-5
+    )

@@ -89,3 +89,26 @@ def test_tracker_rejects_k_too_large_for_lobpcg():
     x = jnp.ones((4, 2))  # N*C = 12: LOBPCG needs 5*k < 12
     with pytest.raises(ValueError, match=r"k must satisfy 5\*k < N\*C = 12 for LOBPCG \(got k=3\)"):
         ntk_tracker(3).init(apply, params, x, jax.random.PRNGKey(0))
+
+
+def test_tracker_at_a_tiny_kernel_scale_in_float32():
+    # Outputs scaled by 1e-10, the kernel by 1e-20: JAX's LOBPCG alone read residuals of 0
+    # there, so warm solves failed and every step restarted, with eigenvalues 88% off.
+    params, apply = mlp(jax.random.PRNGKey(0))
+    x = jax.random.normal(jax.random.PRNGKey(1), (12, 2))
+    tiny = lambda p, z: 1e-10 * apply(p, z)  # noqa: E731
+    tracker = ntk_tracker(2)
+    results = []
+    for fn in (apply, tiny):
+        state = tracker.init(fn, params, x, jax.random.PRNGKey(2))
+        update = jax.jit(lambda p, s, fn=fn: tracker.update(fn, p, x, s))
+        tracks = []
+        for i in range(4):
+            p = jax.tree_util.tree_map(lambda a, i=i: a * (1 + 0.01 * i), params)
+            track, state = update(p, state)
+            tracks.append(track)
+        results.append(jax.tree_util.tree_map(lambda *t: jnp.stack(t), *tracks))
+    reference, scaled = results
+    np.testing.assert_array_equal(scaled.restarted, reference.restarted)
+    assert not bool(jnp.any(scaled.restarted[1:]))
+    np.testing.assert_allclose(scaled.eigenvalues / 1e-20, reference.eigenvalues, rtol=1e-5)

@@ -293,3 +293,25 @@ def test_tiny_hessian_warm_start_is_judged_by_true_residuals(small_linalg):
     relative = np.asarray(eig.residuals / np.abs(eig.eigenvalues))
     assert np.all(relative > 0) and np.all(relative <= _tracking._default_tol(jnp.float32))
     assert bool(state.restarted) or int(state.iterations) > 0
+
+
+@pytest.mark.parametrize("scale", [1e-20, 1e20])
+def test_jax_lobpcg_tracker_at_any_scale_in_float32(scale):
+    # JAX's LOBPCG sums plain squares: at 1e-20 it stopped at once and every step restarted
+    # cold, at 1e20 it overflowed; it now runs on H divided by a power of two near the
+    # previous step's largest eigenvalue.
+    loss, (start, middle, end) = spiral_problem(20, jnp.float32, steps=(0, 5, 10))
+    runs = []
+    for s in (1.0, scale):
+        tracker = hessian_tracker(3, method="jax_lobpcg")
+        state = tracker.init(start, jax.random.key(0))
+        scaled = lambda p, s=s: s * loss(p)  # noqa: E731
+        rows = []
+        for params in (start, middle, end):
+            eig, state = tracker.update(scaled, params, state)
+            rows.append((eig.eigenvalues / s, bool(state.restarted), int(state.iterations)))
+        runs.append(rows)
+    for (ref_values, *ref_flags), (values, *flags) in zip(*runs, strict=True):
+        assert flags == ref_flags
+        np.testing.assert_allclose(values, ref_values, rtol=1e-4)
+    assert [flags[0] for _, *flags in runs[1]] == [True, False, False]
