@@ -190,6 +190,12 @@ def loss_ntk(
         )
     outputs = apply_fn(params, x)
     roots = _psd_sqrt(output_hessian(outputs, labels, loss=loss, weights=weights))
+    if loss in ("ce", "dce"):
+        # The softmax Hessian's null vector (1, ..., 1) is exact, but eigh leaves its eigenvalue
+        # at about eps * ||h_j||, whose square root put sqrt(eps) relative noise into K
+        # (1.6e-4 in float32): project the roots onto the complement, where the true root is.
+        centre = jnp.eye(c, dtype=roots.dtype) - 1.0 / c
+        roots = jnp.einsum("ab,nbc,cd->nad", centre, roots, centre)
     return jnp.einsum("jac,jkcd,kdb->jkab", roots, kernel, roots)
 
 

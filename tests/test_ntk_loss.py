@@ -187,3 +187,27 @@ def test_loss_ntk_rejects_bad_inputs(kwargs, message):
 def test_output_hessian_rejects_non_matrix_outputs():
     with pytest.raises(ValueError, match=r"outputs must have shape \(N, C\) \(got \(6,\)\)"):
         output_hessian(jnp.ones(6), jnp.zeros(6, jnp.int32))
+
+
+@pytest.mark.parametrize("loss", ["ce", "dce"])
+def test_softmax_loss_ntk_in_float32_is_accurate_to_rounding(x64, loss):
+    # The softmax Hessian has the exact null vector (1, 1, 1); eigh leaves its eigenvalue at
+    # ~eps ||h||, and its square root put sqrt(eps) noise into K (1.6e-4 relative in float32).
+    params, apply = mlp(jax.random.PRNGKey(3))
+    x, labels = data(n=12)
+    weights = weights_for(loss)
+
+    def kernel(dtype):
+        p = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
+        w = None if weights is None else weights.astype(dtype)
+        return np.asarray(
+            ntk_matrix(loss_ntk(apply, p, x.astype(dtype), labels, loss=loss, weights=w)),
+            np.float64,
+        )
+
+    exact = kernel(jnp.float64)
+    error = np.max(np.abs(kernel(jnp.float32) - exact)) / np.max(np.abs(exact))
+    assert error < 2e-6
+    # The null direction of each sample's block is exactly that of its output Hessian.
+    blocks = exact.reshape(12, 3, 12, 3)
+    np.testing.assert_allclose(blocks.sum(axis=1), 0.0, atol=1e-13 * np.max(np.abs(exact)))
