@@ -3,7 +3,7 @@
 JAX's LOBPCG takes its residual norms and orthonormalises with plain sums of squares. In
 float32 an operator of scale 1e-20 then has residual norms of 0, so it stops after one
 iteration as if converged; one of scale 1e18 overflows and makes no progress (measured on a
-diagonal operator and on the spiral NTK). Dividing the operator by a power of two near its
+diagonal operator and on a small MLP's NTK). Dividing the operator by a power of two near its
 size and multiplying the eigenvalues back is exact and keeps every square in range.
 """
 

@@ -5,10 +5,10 @@
 comes out 0. A residual of a Hessian of scale 1e-15 is that small: a cross-entropy Hessian
 shrinks like exp(-margin) once the softmax saturates (margins above about 35), and a user's
 loss may be in small units. A residual norm of 0 would report every warm start as converged,
-and Lanczos would read every step as a breakdown. The norms
-here first divide by the largest power of two not above the largest magnitude (exact, as a
-division by a power of two; kept within the range whose reciprocal is a normal number, as XLA
-divides by multiplying with the reciprocal), so the squares lie in [0, 64).
+and Lanczos would read every step as a breakdown. The norms here first divide by the largest
+power of two not above the largest magnitude (exact, as a division by a power of two; kept
+within the range whose reciprocal is a normal number, as XLA divides by multiplying with the
+reciprocal), so the squares lie in [0, 64).
 """
 
 from __future__ import annotations
