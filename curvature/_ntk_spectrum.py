@@ -172,7 +172,9 @@ def top_k_eigh(
         method: ``"lanczos"`` (:func:`~curvature.lanczos`, full reorthogonalisation and
             restarts at breakdown, then the Ritz pairs of the projected matrix) or ``"lobpcg"``
             (``jax.experimental.sparse.linalg.lobpcg_standard``, on the kernel divided by a
-            power of two near its size, so that its sums of squares stay in range).
+            power of two near its size, so that its sums of squares stay in range, until the
+            relative residuals are below 100 eps; JAX's default of about 20 M eps stopped at
+            2e-3 in float32).
         num_iterations: Krylov depth for Lanczos (default ``min(M, max(2k + 20, 40))``; a
             depth above the operator's rank is fine, the recurrence restarts) or the LOBPCG
             iteration cap (default 100).

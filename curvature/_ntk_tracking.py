@@ -69,9 +69,10 @@ def _solve(
     matvec: Callable[[jax.Array], jax.Array],
     block: jax.Array,
     iterations: int,
+    tol: float,
     size: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    values, vectors, _ = scaled_lobpcg(matvec, block, iterations, size=size)
+    values, vectors, _ = scaled_lobpcg(matvec, block, iterations, size=size, tol=tol)
     order = jnp.argsort(values)[::-1]
     values, vectors = values[order], vectors[:, order]
     residuals = norm(matvec(vectors) - vectors * values[None, :], axis=0)
@@ -84,6 +85,7 @@ def ntk_tracker(
     num_iterations: int = 4,
     cold_iterations: int = 40,
     restart_tol: float = 1e-3,
+    tol: float | None = None,
 ) -> NTKTracker:
     """Build a tracker of the top-k eigenvalues of the untraced training NTK.
 
@@ -94,6 +96,8 @@ def ntk_tracker(
         cold_iterations: LOBPCG iterations of a cold solve (first step and restarts).
         restart_tol: restart when ``max_i residual_i / lambda_1`` of the warm solve exceeds
             this (a NaN residual also restarts).
+        tol: relative residual ``residual_i / lambda_i`` at which a solve stops iterating
+            (default ``restart_tol / 10``; eigenvalues come to about ``tol**2`` relative).
 
     Returns:
         :class:`NTKTracker`. ``update`` returns :class:`NTKTrack` (eigenvalues (k,) descending,
@@ -104,6 +108,9 @@ def ntk_tracker(
     cold_iterations = positive_int("cold_iterations", cold_iterations)
     if not restart_tol > 0:
         raise ValueError(f"restart_tol must be > 0 (got {restart_tol!r})")
+    if tol is not None and not tol > 0:
+        raise ValueError(f"tol must be > 0 (got {tol!r})")
+    solve_tol = restart_tol / 10 if tol is None else tol
 
     def init(apply_fn: ApplyFn, params: PyTree, x: jax.Array, key: jax.Array) -> NTKTrackerState:
         n, c = output_shape(apply_fn, params, x)
@@ -122,7 +129,7 @@ def ntk_tracker(
     ) -> tuple[NTKTrack, NTKTrackerState]:
         matvec = ntk_operator(apply_fn, params, x)
         values, vectors, residuals = _solve(
-            matvec, state.vectors, num_iterations, size=state.eigenvalues[0]
+            matvec, state.vectors, num_iterations, solve_tol, size=state.eigenvalues[0]
         )
         scale = jnp.maximum(jnp.abs(values[0]), jnp.finfo(values.dtype).tiny)
         good = jnp.all(residuals / scale <= restart_tol)
@@ -131,7 +138,7 @@ def ntk_tracker(
 
         def cold(_: None) -> tuple[jax.Array, jax.Array, jax.Array]:
             block = jax.random.normal(sub, state.vectors.shape, dtype=state.vectors.dtype)
-            return _solve(matvec, block, cold_iterations)
+            return _solve(matvec, block, cold_iterations, solve_tol)
 
         def warm(_: None) -> tuple[jax.Array, jax.Array, jax.Array]:
             return values, vectors, residuals

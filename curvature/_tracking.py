@@ -452,18 +452,16 @@ def _lobpcg(
 ) -> tuple[Eigen, jax.Array]:
     """Warm LOBPCG (jax.experimental) on ``sign * H``, residuals from k more products.
 
-    lobpcg_standard stops when ``r < tol' * 10 P (|lambda| + |H v|)``; ``tol' = tol / (20 P)``
-    makes that about ``r < tol |lambda|``, the tracker's relative criterion. It runs on the
-    operator scaled by a power of two near ``size``, the previous step's largest |lambda|
-    (see :func:`curvature._lobpcg.scaled_lobpcg`).
+    It stops at the tracker's relative criterion ``r < tol |lambda|`` and runs on the operator
+    scaled by a power of two near ``size``, the previous step's largest |lambda| (see
+    :func:`curvature._lobpcg.scaled_lobpcg`).
     """
-    p = previous.shape[1]
 
     def matmat_columns(v: jax.Array) -> jax.Array:
         return sign * op.matmat(v.T).T
 
     values, vectors, iters = scaled_lobpcg(
-        matmat_columns, previous.T, num_iterations, size=size, tol=tol / (20 * p)
+        matmat_columns, previous.T, num_iterations, size=size, tol=tol
     )
     eig = with_residuals(op, sign * values, vectors.T)
     order = jnp.argsort(-eig.eigenvalues)

@@ -77,6 +77,7 @@ def test_huge_restart_tolerance_never_restarts_after_the_first_step(x64):
         ((1,), {"num_iterations": 0}, r"num_iterations must be a positive integer \(got 0\)"),
         ((1,), {"cold_iterations": -2}, r"cold_iterations must be a positive integer"),
         ((1,), {"restart_tol": 0.0}, r"restart_tol must be > 0 \(got 0.0\)"),
+        ((1,), {"tol": -1e-3}, r"tol must be > 0 \(got -0.001\)"),
     ],
 )
 def test_tracker_rejects_bad_settings(args, kwargs, message):
