@@ -124,7 +124,11 @@ def output_hessian(
     eye = jnp.eye(c, dtype=dtype)
     if loss in ("ce", "dce"):
         p = jax.nn.softmax(outputs, axis=-1)
-        h = jax.vmap(jnp.diag)(p) - p[:, :, None] * p[:, None, :]
+        # Diagonal p_i (1 - p_i) as p_i * sum_{k != i} p_k: 1 - p_i cancels when p_i -> 1
+        # (a confident sample), which left 1e-2 relative error in float32 at 1 - p_y = 2e-4.
+        others = p @ (1.0 - eye)
+        h = -p[:, :, None] * p[:, None, :]
+        h = jnp.where(eye.astype(bool), (p * others)[:, :, None], h)
         if loss == "dce":
             h = gamma[labels][:, None, None] * h
         return h
