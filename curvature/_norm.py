@@ -35,6 +35,11 @@ def _scaled(x: jax.Array, axis: int | tuple[int, ...] | None) -> tuple[jax.Array
     return x / scale, scale
 
 
+def _length(scaled: jax.Array, axis: int | tuple[int, ...] | None) -> jax.Array:
+    """Plain Euclidean length (keepdims) of an already scaled array."""
+    return jnp.sqrt(jnp.sum(jnp.square(scaled), axis=axis, keepdims=True))
+
+
 def norm(
     x: jax.Array, axis: int | tuple[int, ...] | None = None, *, keepdims: bool = False
 ) -> jax.Array:
@@ -42,12 +47,12 @@ def norm(
     accurate at any scale the dtype represents: 0 for zeros, inf when an entry is infinite,
     NaN when one is NaN."""
     scaled, scale = _scaled(x, axis)
-    total = scale * jnp.sqrt(jnp.sum(jnp.square(scaled), axis=axis, keepdims=True))
+    total = scale * _length(scaled, axis)
     return total if keepdims else jnp.squeeze(total, axis=axis)
 
 
 def unit(x: jax.Array, axis: int | tuple[int, ...] | None = None) -> jax.Array:
     """``x / ||x||`` along ``axis`` at any scale; zero stays zero."""
     scaled, _ = _scaled(x, axis)
-    length = jnp.sqrt(jnp.sum(jnp.square(scaled), axis=axis, keepdims=True))
+    length = _length(scaled, axis)
     return scaled / jnp.where(length > 0, length, 1.0)
