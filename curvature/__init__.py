@@ -19,6 +19,7 @@ from curvature._hessian import (
     unravel_eigenvectors,
 )
 from curvature._lanczos import Krylov, hessian_top_k, lanczos
+from curvature._norm import tree_norm
 from curvature._ntk import (
     AUTO_JACOBIAN_MAX_BYTES,
     IMPLEMENTATIONS,
@@ -85,5 +86,6 @@ __all__ = [
     "spectral_density",
     "stability_factors",
     "top_k_eigh",
+    "tree_norm",
     "unravel_eigenvectors",
 ]

@@ -51,6 +51,19 @@ def norm(
     return total if keepdims else jnp.squeeze(total, axis=axis)
 
 
+def tree_norm(tree) -> jax.Array:
+    """Global ``||tree||_2`` over every leaf of a pytree of arrays (as ``optax.tree.norm``),
+    accurate at any scale: the leaves are divided by one power of two, that of the largest
+    magnitude in any leaf. 0 for a pytree without leaves."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    if not leaves:
+        return jnp.zeros(())
+    largest = jnp.max(jnp.stack([jnp.max(jnp.abs(leaf), initial=0) for leaf in leaves]))
+    scale = power_of_two(largest)
+    total = sum(jnp.sum(jnp.square(leaf / scale)) for leaf in leaves)
+    return scale * jnp.sqrt(total)
+
+
 def unit(x: jax.Array, axis: int | tuple[int, ...] | None = None) -> jax.Array:
     """``x / ||x||`` along ``axis`` at any scale; zero stays zero."""
     scaled, _ = _scaled(x, axis)

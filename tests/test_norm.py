@@ -2,8 +2,10 @@
 
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from curvature import tree_norm
 from curvature._norm import norm, power_of_two, unit
 
 
@@ -60,3 +62,24 @@ def test_power_of_two_is_exact_and_in_range():
     # Clamped so that its reciprocal is a normal float32 (XLA divides by multiplying).
     assert got[4] == 2.0**125 and 1.0 / got[4] >= np.finfo(np.float32).tiny
     assert list(got[5:]) == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("scale", [1e-25, 1.0, 1e25])
+def test_tree_norm_at_every_scale(scale):
+    # float32 leaves of different shapes; at 1e-25 every plain square flushes to zero.
+    rng = np.random.default_rng(1)
+    leaves = {"w": rng.standard_normal((3, 4)), "b": rng.standard_normal(5), "e": np.zeros(0)}
+    tree = {name: jnp.asarray(leaf * scale, jnp.float32) for name, leaf in leaves.items()}
+    expected = np.sqrt(sum(np.sum(leaf**2) for leaf in leaves.values())) * scale
+    np.testing.assert_allclose(float(tree_norm(tree)), expected, rtol=1e-6)
+    if scale == 1.0:
+        np.testing.assert_allclose(float(tree_norm(tree)), float(optax.tree.norm(tree)), rtol=1e-7)
+    else:
+        assert not np.isclose(float(optax.tree.norm(tree)), expected, rtol=1e-2, atol=0)
+
+
+def test_tree_norm_of_empty_trees_and_non_finite_leaves():
+    assert float(tree_norm({})) == 0.0
+    assert float(tree_norm({"a": jnp.zeros(3), "b": jnp.zeros((2, 2))})) == 0.0
+    assert float(tree_norm([jnp.ones(2), jnp.array([jnp.inf])])) == np.inf
+    assert np.isnan(float(tree_norm([jnp.ones(2), jnp.array([jnp.nan])])))

@@ -20,6 +20,7 @@ import optax
 import xarray as xr
 from jax.flatten_util import ravel_pytree
 
+from curvature import tree_norm
 from curvature._checks import is_integer
 from curvature._tracking import max_tracked_k
 from schedules import (
@@ -400,7 +401,7 @@ def make_step(
         return {
             "static_loss": static_loss(out, yb),
             "train_accuracy": accuracy(out, yb, dtype),
-            "grad_norm": optax.tree.norm(grads).astype(dtype),
+            "grad_norm": tree_norm(grads).astype(dtype),
         }
 
     def summarise(params: Params, out: jax.Array, yb: jax.Array, grads: Params) -> dict:
