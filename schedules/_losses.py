@@ -80,8 +80,18 @@ def _no_weights(name: str, dynamical: str, weights: jax.Array | None) -> None:
 
 
 def _nll(outputs: jax.Array, labels: jax.Array) -> jax.Array:
-    log_p = jax.nn.log_softmax(outputs, axis=-1)
-    return -jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0]
+    """Per-sample ``-log softmax(f)_y`` as ``softplus(logsumexp_{k != y}(f_k - f_y))``.
+
+    ``log_softmax`` (as in optax) computes ``log(1 + s)`` with ``s`` the other classes' total
+    weight, and its gradient's ``1 - p_y`` by subtraction: both lose float32 accuracy once
+    predictions are confident (2e-5 relative error in the loss and 3e-4 in the gradient at a
+    mean loss of 3.5e-5, 70% at 1.3e-8). Here ``softplus`` keeps the small loss, and the
+    gradient's weights come out as products (``sigmoid · softmax``), accurate to rounding at
+    any margin (1e-7 and 1e-6 relative).
+    """
+    margins = outputs - jnp.take_along_axis(outputs, labels[:, None], axis=-1)
+    others = labels[:, None] != jnp.arange(outputs.shape[-1])
+    return jax.nn.softplus(jax.nn.logsumexp(margins, axis=-1, where=others))
 
 
 def _squared_error(outputs: jax.Array, labels: jax.Array) -> jax.Array:

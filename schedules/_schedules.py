@@ -8,7 +8,7 @@ and so does every step ``t >= stop_after``.
 
 The shapes differ only in ``g``:
 
-- ``triangle``: ``g = 1 + m·τ`` for ``τ <= T/2`` and ``2A − m·τ − 1`` after, with ``m = 2(A−1)/T``
+- ``triangle``: ``g = 1 + m·τ`` for ``τ <= T/2`` and ``1 + m·(T − τ)`` after, with ``m = 2(A−1)/T``
   and ``τ = t mod T`` (the 2021 paper's schedule).
 - ``sine``: ``g = 1 + (A−1)·sin²(π τ / T)`` (smooth, same end points and peak).
 - ``square``: ``g = A`` for ``T/4 <= τ < 3T/4`` and 1 otherwise (centred on the triangle's peak).
@@ -122,7 +122,9 @@ def _phase(t: jax.Array, T: jax.Array, dT: jax.Array) -> tuple[jax.Array, jax.Ar
 
 def _triangle_raw(tau: jax.Array, T: jax.Array, A: jax.Array) -> jax.Array:
     m = 2.0 * (A - 1.0) / T
-    return jnp.where(tau <= T / 2, 1.0 + m * tau, 2.0 * A - m * tau - 1.0)
+    # The falling half as 1 + m (T - τ): T - τ is exact for τ >= T/2, where the algebraically
+    # equal 2A - m τ - 1 cancels (up to 1.8e-6 relative error in float32 at A = 70).
+    return 1.0 + m * jnp.where(tau <= T / 2, tau, T - tau)
 
 
 def _sine_raw(tau: jax.Array, T: jax.Array, A: jax.Array) -> jax.Array:

@@ -219,3 +219,18 @@ def test_float32_fractional_period_stays_in_phase_over_many_periods(T):
         np.testing.assert_allclose(np.asarray(got), expected, atol=3e-5)
     without = traced(jnp.asarray(ts), hyper.period, hyper.amplitude, jnp.float32(0))
     assert np.abs(np.asarray(without) - expected).max() > 3e-4  # the drift it removes
+
+
+def test_float32_triangle_is_accurate_on_both_halves():
+    # The falling half as 1 + m (T - τ): the algebraically equal 2A - m τ - 1 cancelled to
+    # 1.8e-6 relative error (15 ulp) at A = 70; now within a few float32 ulp everywhere.
+    T, A, C = 2000.0, 70.0, 3
+    ts = np.arange(0, 700_001, 7)
+    k, tau = np.floor(ts / T), np.mod(ts, T)
+    g = 1 + 2 * (A - 1) / T * np.where(tau <= T / 2, tau, T - tau)
+    raw = np.ones((len(ts), C))
+    raw[np.arange(len(ts)), (k % C).astype(int)] = g
+    expected = C * raw / raw.sum(axis=1, keepdims=True)
+    got = jax.jit(jax.vmap(triangle(C, T, A)))(jnp.asarray(ts))
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got, np.float64), expected, rtol=4 * 2.0**-23)
