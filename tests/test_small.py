@@ -48,7 +48,7 @@ def _errors(matrix: np.ndarray, values, vectors) -> tuple[float, float, float]:
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n", [1, 2, 3, 6, 9, 12, 16])
+@pytest.mark.parametrize("n", [1, 2, 3, 6, 9, 16])  # 9: the top-3 tracker; 16: the cap
 def test_jacobi_matches_lapack_to_rounding(x64, dtype, n):
     # The default sweeps are enough for every kind of spectrum, 20 matrices of each.
     rng = np.random.default_rng(n)
