@@ -9,9 +9,9 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from curvature._checks import is_integer, positive_int
+from curvature._compiled import compiled
 from curvature._hessian import LossFn, PyTree, hessian_operator
 from curvature._lanczos import REORTHO, lanczos
-from curvature._precision import full_precision
 
 
 class Density(NamedTuple):
@@ -32,7 +32,7 @@ class Density(NamedTuple):
     ritz_weights: jax.Array
 
 
-@full_precision
+@compiled
 def broaden(
     ritz_values: jax.Array, ritz_weights: jax.Array, grid: jax.Array, sigma: float | jax.Array
 ) -> jax.Array:
@@ -65,7 +65,7 @@ DENSITY_NUM_MATVECS = 80
 the exact eigenvalue histogram in Wasserstein-1 distance (tests/test_density.py)."""
 
 
-@full_precision
+@compiled
 def spectral_density(
     loss_fn: LossFn,
     params: PyTree,

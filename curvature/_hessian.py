@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from curvature._checks import positive_int
+from curvature._compiled import compiled
 from curvature._norm import norm
 from curvature._precision import full_precision
 
@@ -65,7 +66,7 @@ class FlatOperator(NamedTuple):
     unravel: Callable[[jax.Array], PyTree]
 
 
-@full_precision
+@compiled
 def hvp(loss_fn: LossFn, params: PyTree, v: PyTree) -> PyTree:
     """Hessian-vector product ``H(params) v`` by forward-over-reverse differentiation.
 
@@ -145,7 +146,7 @@ def _check_budget(p: int, itemsize: int, max_bytes: int) -> None:
         )
 
 
-@full_precision
+@compiled
 def hessian_exact(
     loss_fn: LossFn,
     params: PyTree,
@@ -189,7 +190,7 @@ def hessian_exact(
     return 0.5 * (columns + columns.T)
 
 
-@full_precision
+@compiled
 def hessian_eigh(
     loss_fn: LossFn, params: PyTree, *, max_bytes: int = DEFAULT_MAX_BYTES, chunk_size: int = 1
 ) -> Eigen:

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from curvature._checks import is_integer, positive_int
+from curvature._compiled import compiled
 from curvature._hessian import Eigen, FlatOperator, LossFn, PyTree, hessian_operator
 from curvature._norm import norm, unit
 from curvature._precision import full_precision
@@ -225,7 +226,7 @@ def with_residuals(op: FlatOperator, values: jax.Array, vectors: jax.Array) -> E
     return Eigen(eigenvalues=values, eigenvectors=vectors, residuals=residuals)
 
 
-@full_precision
+@compiled
 def hessian_top_k(
     loss_fn: LossFn,
     params: PyTree,

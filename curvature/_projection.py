@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from curvature._compiled import compiled
 from curvature._hessian import LossFn, PyTree
 from curvature._norm import norm
-from curvature._precision import full_precision
 
 
 class GradientProjection(NamedTuple):
@@ -30,7 +30,7 @@ class GradientProjection(NamedTuple):
     grad_norm: jax.Array
 
 
-@full_precision
+@compiled
 def gradient_projection(
     loss_fn: LossFn, params: PyTree, eigenvectors: jax.Array, *, grads: PyTree | None = None
 ) -> GradientProjection:

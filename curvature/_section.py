@@ -12,6 +12,7 @@ import xarray as xr
 from jax.flatten_util import ravel_pytree
 
 from curvature._checks import is_integer, positive_int
+from curvature._compiled import compiled
 from curvature._hessian import LossFn, PyTree
 from curvature._norm import norm
 from curvature._precision import full_precision
@@ -69,7 +70,7 @@ def landscape_section(
     Returns:
         :class:`Section` ``(surface, path)``; ``surface`` has shape (num_a, num_b).
     """
-    flat, unravel = ravel_pytree(params)
+    flat, _ = ravel_pytree(params)
     p = flat.shape[0]
     u1 = _as_flat(v1, p, "v1").astype(flat.dtype)
     u2 = _as_flat(v2, p, "v2").astype(flat.dtype)
@@ -82,32 +83,19 @@ def landscape_section(
             f"num_points must be an integer >= 2 or a pair of them (got {num_points!r})."
         )
     positive_int("chunk_size", chunk_size)
-    n1 = norm(u1)
-    u1 = u1 / n1
-    u2 = u2 - (u2 @ u1) * u1
-    u2 = u2 - (u2 @ u1) * u1  # twice: one projection leaves rounding along u1
-    n2 = norm(u2)
+    u1, u2, n1, n2, length2 = _orthonormal(u1, u2)
     # v2 parallel to v1 leaves rounding, ~eps |v2|: independence needs more than sqrt(eps).
     floor = float(jnp.finfo(flat.dtype).eps) ** 0.5
-    if not (
-        float(n1) > 0.0 and float(n2) > floor * float(norm(_as_flat(v2, p, "v2")))
-    ):  # also catches NaN or inf entries
+    if not (float(n1) > 0.0 and float(n2) > floor * float(length2)):  # also NaN or inf
         raise ValueError(
             "v1 and v2 must be finite, non-zero and linearly independent to span a plane "
             f"(got |v1| = {float(n1):.3g}, |v2 orthogonal to v1| = {float(n2):.3g})."
         )
-    u2 = u2 / n2
-    a = jnp.linspace(-ext_a, ext_a, num_a, dtype=flat.dtype)
-    b = jnp.linspace(-ext_b, ext_b, num_b, dtype=flat.dtype)
-    aa, bb = jnp.meshgrid(a, b, indexing="ij")
-
-    def point_loss(ab: jax.Array) -> jax.Array:
-        return loss_fn(unravel(flat + ab[0] * u1 + ab[1] * u2))
-
-    points = jnp.stack([aa.ravel(), bb.ravel()], axis=1)
-    values = jax.lax.map(point_loss, points, batch_size=min(chunk_size, points.shape[0]))
+    a, b, values = _surface(
+        loss_fn, params, u1, u2, float(ext_a), float(ext_b), int(num_a), int(num_b), chunk_size
+    )
     surface = xr.DataArray(
-        np.asarray(values).reshape(num_a, num_b),
+        np.asarray(values),
         dims=(A, B),
         coords={A: np.asarray(a), B: np.asarray(b)},
         name="loss",
@@ -117,6 +105,53 @@ def landscape_section(
     if trajectory is not None:
         path = _project_path(jnp.asarray(trajectory), flat, u1, u2, steps)
     return Section(surface=surface, path=path)
+
+
+@compiled
+def _orthonormal(v1: jax.Array, v2: jax.Array) -> tuple[jax.Array, ...]:
+    """Gram-Schmidt of (v1, v2) with the lengths that decide whether they span a plane."""
+    n1 = norm(v1)
+    u1 = v1 / n1
+    u2 = v2 - (v2 @ u1) * u1
+    u2 = u2 - (u2 @ u1) * u1  # twice: one projection leaves rounding along u1
+    n2 = norm(u2)
+    return u1, u2 / n2, n1, n2, norm(v2)
+
+
+@compiled
+def _surface(
+    loss_fn: LossFn,
+    params: PyTree,
+    u1: jax.Array,
+    u2: jax.Array,
+    ext_a: float,
+    ext_b: float,
+    num_a: int,
+    num_b: int,
+    chunk_size: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The grid axes a (num_a,), b (num_b,) and the loss on it, (num_a, num_b)."""
+    flat, unravel = ravel_pytree(params)
+    a = jnp.linspace(-ext_a, ext_a, num_a, dtype=flat.dtype)
+    b = jnp.linspace(-ext_b, ext_b, num_b, dtype=flat.dtype)
+    aa, bb = jnp.meshgrid(a, b, indexing="ij")
+
+    def point_loss(ab: jax.Array) -> jax.Array:
+        return loss_fn(unravel(flat + ab[0] * u1 + ab[1] * u2))
+
+    points = jnp.stack([aa.ravel(), bb.ravel()], axis=1)
+    values = jax.lax.map(point_loss, points, batch_size=min(chunk_size, points.shape[0]))
+    return a, b, values.reshape(num_a, num_b)
+
+
+@compiled
+def _path_coordinates(
+    trajectory: jax.Array, centre: jax.Array, u1: jax.Array, u2: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    delta = trajectory.astype(centre.dtype) - centre[None, :]
+    a = delta @ u1
+    b = delta @ u2
+    return a, b, norm(delta - a[:, None] * u1 - b[:, None] * u2, axis=1)
 
 
 def _project_path(
@@ -141,10 +176,7 @@ def _project_path(
             f"steps must have shape ({s},), one label per trajectory point "
             f"(got shape {steps.shape})."
         )
-    delta = trajectory.astype(centre.dtype) - centre[None, :]
-    a = delta @ u1
-    b = delta @ u2
-    distance = norm(delta - a[:, None] * u1 - b[:, None] * u2, axis=1)
+    a, b, distance = _path_coordinates(trajectory, centre, u1, u2)
     return xr.Dataset(
         {
             A: (POINT, np.asarray(a), {"long_name": "coordinate along u1"}),

@@ -1,0 +1,146 @@
+"""Public curvature functions called outside ``jit`` run as one compiled program each.
+
+Eagerly, JAX compiles every primitive of a Hessian-vector product on its own (hundreds of
+programs, seconds on a small MLP); ``curvature._compiled.compiled`` traces the call once.
+These tests count XLA compilations rather than time them.
+"""
+
+import collections
+import contextlib
+
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from curvature import (
+    gradient_projection,
+    hessian_eigh,
+    hessian_top_k,
+    hvp,
+    spectral_density,
+)
+from curvature._compiled import cached
+from training import TrainConfig, build, context, initial_state
+
+
+@contextlib.contextmanager
+def compilations():
+    """Collects one entry per XLA compilation made inside the block."""
+    seen = []
+
+    def listener(event: str, duration: float, **_) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            seen.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield seen
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def _problem(width: int, seed: int = 0):
+    """A two-layer tanh network with shapes no other test uses (nothing cached)."""
+    keys = jax.random.split(jax.random.key(seed), 4)
+    x = jax.random.normal(keys[0], (17, 5))
+    y = jax.random.normal(keys[1], (17, 2))
+    params = {
+        "w1": jax.random.normal(keys[2], (5, width)) / np.sqrt(5),
+        "w2": jax.random.normal(keys[3], (width, 2)) / np.sqrt(width),
+    }
+    traces = collections.Counter()
+
+    def loss(p):
+        traces["loss"] += 1
+        return 0.5 * jnp.mean((jnp.tanh(x @ p["w1"]) @ p["w2"] - y) ** 2)
+
+    return loss, params, traces
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda loss, params, v: hessian_top_k(loss, params, 2, num_matvecs=12),
+        lambda loss, params, v: spectral_density(loss, params, num_probes=2, num_matvecs=10),
+        lambda loss, params, v: hvp(loss, params, {"w1": v["w1"], "w2": v["w2"]}),
+        lambda loss, params, v: hessian_eigh(loss, params),
+        lambda loss, params, v: gradient_projection(loss, params, v["rows"]),
+    ],
+    ids=["hessian_top_k", "spectral_density", "hvp", "hessian_eigh", "gradient_projection"],
+)
+def test_an_eager_call_is_one_program_and_equals_the_traced_one(call):
+    loss, params, traces = _problem(width=7)
+    v = jax.tree.map(lambda a: a / 7.0, params)
+    v = {**v, "rows": jax.flatten_util.ravel_pytree(v)[0][None]}  # (1, P) for the projection
+    with compilations() as seen:
+        eager = call(loss, params, v)
+    assert len(seen) == 1  # eagerly: dozens to hundreds, one per primitive
+    traced = jax.jit(lambda p, v: call(loss, p, v))(params, v)
+    for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(traced), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # The same loss function and shapes: the program is reused, not traced again.
+    before = traces["loss"]
+    moved = jax.tree.map(lambda a: a * 1.01, params)
+    with compilations() as seen:
+        jax.block_until_ready(call(loss, moved, v))
+    assert seen == [] and traces["loss"] == before
+
+
+def test_options_keep_their_checks_and_types():
+    loss, params, _ = _problem(width=6)
+    hessian_top_k(loss, params, 2, num_matvecs=10)
+    with pytest.raises(ValueError, match="k must be"):
+        hessian_top_k(loss, params, 2.0, num_matvecs=10)  # not the cached k=2 program
+    # A 0-d array stays a concrete number, so its value is checked as before.
+    with pytest.raises(ValueError, match=r"sigma must be > 0"):
+        spectral_density(loss, params, num_probes=1, num_matvecs=5, sigma=jnp.asarray(-1.0))
+    as_array = spectral_density(loss, params, num_probes=1, num_matvecs=5, sigma=jnp.asarray(0.5))
+    as_float = spectral_density(loss, params, num_probes=1, num_matvecs=5, sigma=0.5)
+    np.testing.assert_allclose(as_array.density, as_float.density, rtol=1e-6)
+    # A PRNG key is an argument of the program: another key, other probes, no new program.
+    with compilations() as seen:
+        other = spectral_density(
+            loss, params, num_probes=1, num_matvecs=5, sigma=0.5, key=jax.random.key(1)
+        )
+        again = spectral_density(
+            loss, params, num_probes=1, num_matvecs=5, sigma=0.5, key=jax.random.key(2)
+        )
+    assert len(seen) == 1
+    assert not np.array_equal(other.ritz_values, again.ritz_values)
+
+
+def test_an_unhashable_loss_runs_as_written():
+    loss, params, _ = _problem(width=5)
+
+    class Loss:  # defines __eq__ without __hash__: unhashable
+        def __eq__(self, other):
+            return self is other
+
+        def __call__(self, p):
+            return loss(p)
+
+    expected = hessian_top_k(loss, params, 1, num_matvecs=8)
+    got = hessian_top_k(Loss(), params, 1, num_matvecs=8)
+    np.testing.assert_allclose(got.eigenvalues, expected.eigenvalues, rtol=1e-5)
+
+
+def test_cache_keeps_the_most_recent_entries():
+    cache = collections.OrderedDict()
+    made = []
+    for key in ("a", "b", "a", "c"):
+        cached(cache, key, lambda key=key: made.append(key) or key, size=2)
+    assert made == ["a", "b", "c"] and list(cache) == ["a", "c"]
+
+
+def test_context_of_a_restored_checkpoint_compiles_two_programs():
+    problem = build(TrainConfig(hidden_widths=(11,), steps=10))
+    params = initial_state(problem)[0]
+    with compilations() as seen:
+        ctx = context(problem, params, 7)
+    assert len(seen) <= 4  # Γ and η, the gradient, conversions (107 when run eagerly)
+    np.testing.assert_allclose(
+        jax.tree.leaves(ctx.grads)[0], jax.tree.leaves(jax.grad(ctx.loss_fn)(params))[0], 1e-6
+    )
+    np.testing.assert_allclose(ctx.gamma, problem.schedule(7), rtol=1e-6)
