@@ -25,6 +25,10 @@ from curvature._precision import full_precision
 F = TypeVar("F", bound=Callable)
 T = TypeVar("T")
 
+#: False runs every decorated function as written (eagerly when called eagerly):
+#: ``benchmarks/first_call.py --eager`` measures what compilation saves.
+ENABLED = True
+
 #: Compiled programs kept per decorated function (least recently used first out). Each entry
 #: holds its static arguments (a loss function and what it closes over) alive.
 CACHE_SIZE = 8
@@ -77,7 +81,7 @@ def compiled(fn: F) -> F:
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
         leaves, treedef = jax.tree.flatten((args, kwargs))
-        if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+        if not ENABLED or any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
             return precise(*args, **kwargs)
         mask = tuple(_is_argument(leaf) for leaf in leaves)
         # A 0-d JAX array as a NumPy one: operations on it would be staged into the program.
