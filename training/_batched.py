@@ -39,6 +39,7 @@ from curvature._checks import integer_at_least
 from training._config import TrainConfig
 from training._runfile import RunWriter
 from training._trainer import (
+    COMPILED_CACHE_SIZE,
     Hyper,
     Problem,
     _flat,
@@ -251,7 +252,8 @@ def _compiled(
             _make_final(problem, config.steps),
         )
 
-    return cached(_COMPILED, (shape_key(config), lanes, x64, summary_every), make)
+    key = (shape_key(config), lanes, x64, summary_every)
+    return cached(_COMPILED, key, make, size=COMPILED_CACHE_SIZE)
 
 
 def _writer(

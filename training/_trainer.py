@@ -8,10 +8,10 @@ import itertools
 import json
 import os
 import tempfile
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +22,7 @@ from jax.flatten_util import ravel_pytree
 
 from curvature import tree_norm
 from curvature._checks import is_integer
+from curvature._compiled import cached
 from curvature._tracking import max_tracked_k
 from schedules import (
     STATIC_OF,
@@ -264,6 +265,8 @@ class _ContextFunctions(NamedTuple):
 
 _CONTEXT_FUNCTIONS: collections.OrderedDict = collections.OrderedDict()
 _RESTORED_PROBLEMS: collections.OrderedDict = collections.OrderedDict()
+#: Problems (with their training data) kept by ``restore`` and by :func:`context`.
+KEPT_PROBLEMS = 4
 
 
 def _context_functions(problem: Problem, tracing: bool) -> _ContextFunctions:
@@ -299,7 +302,8 @@ def _context_functions(problem: Problem, tracing: bool) -> _ContextFunctions:
     if tracing:  # part of the caller's program; its functions may hold tracers
         return make(compile_whole=False)
     key = (problem.loss, problem.static_loss, apply, problem.schedule, problem.learning_rate)
-    return cached(_CONTEXT_FUNCTIONS, (*key, np.dtype(dtype).name), lambda: make(True))
+    key = (*key, np.dtype(dtype).name)
+    return cached(_CONTEXT_FUNCTIONS, key, lambda: make(True), size=KEPT_PROBLEMS)
 
 
 def context(
@@ -626,23 +630,10 @@ class _Prepared(NamedTuple):
     user_metrics: tuple  # the caller's objects, kept so their ids stay unique in the cache
 
 
-T = TypeVar("T")
-
 _PREPARED: collections.OrderedDict = collections.OrderedDict()
 
 COMPILED_CACHE_SIZE = 16
 """Compiled programs kept per process by ``train`` and by batched runs (least recently used)."""
-
-
-def cached(cache: collections.OrderedDict, key: Hashable, make: Callable[[], T]) -> T:
-    """``cache[key]``, made by ``make()`` when missing; keeps the most recent entries only."""
-    if key in cache:
-        cache.move_to_end(key)
-        return cache[key]
-    value = cache[key] = make()
-    while len(cache) > COMPILED_CACHE_SIZE:
-        cache.popitem(last=False)
-    return value
 
 
 def _prepare(config: TrainConfig, metrics: Mapping[str, Any]) -> _Prepared:
@@ -656,7 +647,9 @@ def _prepare(config: TrainConfig, metrics: Mapping[str, Any]) -> _Prepared:
         tuple((name, id(m)) for name, m in metrics.items()),
         bool(jax.config.jax_enable_x64),
     )
-    prepared = cached(_PREPARED, key, lambda: _compile_run(config, metrics))
+    prepared = cached(
+        _PREPARED, key, lambda: _compile_run(config, metrics), size=COMPILED_CACHE_SIZE
+    )
     return prepared._replace(problem=prepared.problem._replace(config=config))
 
 
@@ -823,7 +816,8 @@ def restore(run: xr.Dataset | str | Path, step: int) -> Restored:
     # One problem per configuration: restoring checkpoint after checkpoint then reuses the
     # compiled programs of its context and of the curvature functions given its loss.
     key = (config.replace(output=None), bool(jax.config.jax_enable_x64))
-    problem = cached(_RESTORED_PROBLEMS, key, lambda: build(config))._replace(config=config)
+    problem = cached(_RESTORED_PROBLEMS, key, lambda: build(config), size=KEPT_PROBLEMS)
+    problem = problem._replace(config=config)
     layout = json.loads(ds.attrs["param_layout"])
     template = jax.eval_shape(lambda: initial_state(problem)[0])
     expected = _layout(template)
