@@ -2,12 +2,12 @@
 
 Called with concrete arrays, JAX executes a function op by op and compiles every primitive
 on its own the first time it meets it: a Hessian-vector product of a small MLP is a few
-hundred primitives, so the first eager ``hessian_top_k`` on a run restored from a file spent
-about 9 s of its 9 s compiling them one by one (2-core CPU, width-32 spiral MLP), against
-2.6 s as one ``jax.jit`` program. :func:`compiled` makes that the default: called with
-concrete arrays, the function is traced once and compiled as a whole; called inside a trace
-(``jit``, ``vmap``, ``scan``, a training step), it runs as written and becomes part of the
-caller's program.
+hundred primitives, so the first eager ``hessian_top_k`` on a run restored from a file took
+7.8–9.0 s, nearly all of it compiling 198 programs (2-core CPU, width-32 spiral MLP), against
+2.7–3.6 s as one ``jax.jit`` program (``benchmarks/first_call.py``). :func:`compiled` makes
+that the default: called with concrete arrays, the function is traced once and compiled as a
+whole; called inside a trace (``jit``, ``vmap``, ``scan``, a training step), it runs as
+written and becomes part of the caller's program.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from curvature._precision import full_precision
 F = TypeVar("F", bound=Callable)
 T = TypeVar("T")
 
-#: False runs every decorated function as written (eagerly when called eagerly):
-#: ``benchmarks/first_call.py --eager`` measures what compilation saves.
+#: False runs every decorated function as written (op by op when called eagerly):
+#: ``benchmarks/first_call.py`` measures both ways.
 ENABLED = True
 
 #: Compiled programs kept per decorated function (least recently used first out). Each entry
@@ -67,13 +67,14 @@ def compiled(fn: F) -> F:
 
     PRNG keys and arrays of one or more dimensions (JAX or NumPy, alone or as leaves of
     pytrees such as parameters) become the program's arguments. Every other argument (loss
-    functions, Python numbers, other 0-d arrays, strings, None) stays a concrete constant (a 0-d
-    JAX array as a NumPy one), so
-    checks of its value work as without compilation, and is part of the cache key with its
-    type (``k=3`` and ``k=3.0`` are checked separately). Calls with the same constants and
-    array shapes reuse the program. ``fn`` must return a pytree of arrays and decide nothing
-    from the values of its array arguments (it has to run under ``jit`` anyway, as it does
-    inside training steps).
+    functions, Python numbers, other 0-d arrays, strings, None) stays a concrete constant (a
+    0-d JAX array as a NumPy one), so checks of its value work as without compilation, and is
+    part of the cache key with its type (``k=3`` and ``k=3.0`` are checked separately). Calls
+    with the same constants and array shapes reuse the program; a loss function that is a
+    ``jax.tree_util.Partial`` (as ``training.restore`` and diagnostics' contexts give) passes
+    its arrays as arguments, so only its function is a constant. ``fn`` must return a pytree
+    of arrays and decide nothing from the values of its array arguments (it has to run under
+    ``jit`` anyway, as it does inside training steps).
     """
     precise = full_precision(fn)
     programs: collections.OrderedDict = collections.OrderedDict()

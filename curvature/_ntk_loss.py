@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from curvature._compiled import compiled
 from curvature._ntk import ApplyFn, empirical_ntk, output_shape
 from curvature._precision import full_precision
 
@@ -68,9 +69,11 @@ def _check_loss_inputs(
         )
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(f"labels must be integers in [0, C) (got dtype {labels.dtype})")
-    # JAX's gathers clamp or wrap an index out of range instead of failing: check known labels.
+    # JAX's gathers clamp or wrap an index out of range instead of failing: check known labels
+    # (in NumPy: inside a jit, jnp.min of concrete labels would be staged, not computed).
     if not isinstance(labels, jax.core.Tracer) and labels.size:
-        low, high = int(jnp.min(labels)), int(jnp.max(labels))
+        known = np.asarray(labels)
+        low, high = int(known.min()), int(known.max())
         if low < 0 or high >= c:
             raise ValueError(
                 f"labels must be integers in [0, C) = [0, {c}) (got values from {low} to {high})"
@@ -192,8 +195,24 @@ def loss_ntk(
             f"kernel must be the untraced NTK of x with shape (N, N, C, C) = ({n}, {n}, {c}, "
             f"{c}) (got {tuple(jnp.shape(kernel))})"
         )
+    return _weighted_kernel(apply_fn, params, x, labels, kernel, loss=loss, weights=weights)
+
+
+@compiled
+def _weighted_kernel(
+    apply_fn: ApplyFn,
+    params: PyTree,
+    x: jax.Array,
+    labels: jax.Array,
+    kernel: jax.Array,
+    *,
+    loss: str,
+    weights: jax.Array | None,
+) -> jax.Array:
+    """``H^{1/2} Theta H^{1/2}`` of checked inputs (one program when called eagerly)."""
     outputs = apply_fn(params, x)
     roots = _psd_sqrt(output_hessian(outputs, labels, loss=loss, weights=weights))
+    c = outputs.shape[1]
     if loss in ("ce", "dce"):
         # The softmax Hessian's null vector (1, ..., 1) is exact, but eigh leaves its eigenvalue
         # at about eps * ||h_j||, whose square root put sqrt(eps) relative noise into K

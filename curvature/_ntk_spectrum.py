@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from curvature._checks import is_integer, positive_int
+from curvature._compiled import compiled
 from curvature._lanczos import lanczos
 from curvature._lobpcg import scaled_lobpcg
 from curvature._norm import norm, unit
@@ -94,7 +95,7 @@ def _as_matrix(kernel: jax.Array) -> jax.Array:
     return kernel
 
 
-@full_precision
+@compiled
 def ntk_spectrum(kernel: jax.Array, *, eigenvectors: bool = False) -> NTKSpectrum:
     """Exact spectrum of an NTK by ``eigh`` of the full matrix.
 

@@ -19,6 +19,9 @@ from curvature import (
     hessian_eigh,
     hessian_top_k,
     hvp,
+    loss_ntk,
+    ntk_matrix,
+    ntk_spectrum,
     spectral_density,
 )
 from curvature._compiled import cached
@@ -86,6 +89,28 @@ def test_an_eager_call_is_one_program_and_equals_the_traced_one(call):
     with compilations() as seen:
         jax.block_until_ready(call(loss, moved, v))
     assert seen == [] and traces["loss"] == before
+
+
+def test_loss_kernel_and_its_spectrum_compile_once_and_keep_the_label_check():
+    _, params, _ = _problem(width=9)
+    x = jax.random.normal(jax.random.key(5), (13, 5))
+    labels = jnp.arange(13) % 2
+
+    def apply(p, x):
+        return jnp.tanh(x @ p["w1"]) @ p["w2"]
+
+    def spectrum(p):
+        kernel = loss_ntk(apply, p, x, labels, loss="dce", weights=jnp.asarray([1.0, 3.0]))
+        return ntk_spectrum(ntk_matrix(kernel)).eigenvalues
+
+    spectrum(params)
+    moved = jax.tree.map(lambda a: 1.1 * a, params)
+    with compilations() as seen:
+        eager = spectrum(moved)
+    assert seen == []  # the second call reuses every program (it compiled per primitive)
+    np.testing.assert_allclose(eager, jax.jit(spectrum)(moved), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"labels must be integers in \[0, C\)"):
+        loss_ntk(apply, params, x, labels + 1, loss="dce", weights=jnp.asarray([1.0, 3.0]))
 
 
 def test_options_keep_their_checks_and_types():
