@@ -195,6 +195,7 @@ def loss_ntk(
             f"kernel must be the untraced NTK of x with shape (N, N, C, C) = ({n}, {n}, {c}, "
             f"{c}) (got {tuple(jnp.shape(kernel))})"
         )
+    labels = jnp.asarray(labels)
     return _weighted_kernel(apply_fn, params, x, labels, kernel, loss=loss, weights=weights)
 
 
