@@ -47,6 +47,11 @@ def cached(
     return value
 
 
+def traced(tree: object) -> bool:
+    """Whether any leaf of ``tree`` is a JAX tracer (the call is part of a program being traced)."""
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree))
+
+
 def _is_argument(leaf: object) -> bool:
     """An array the program takes as an argument: PRNG keys and arrays of one or more
     dimensions; numbers (0-d arrays too) stay concrete."""
@@ -82,7 +87,7 @@ def compiled(fn: F) -> F:
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
         leaves, treedef = jax.tree.flatten((args, kwargs))
-        if not ENABLED or any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+        if not ENABLED or traced(leaves):
             return precise(*args, **kwargs)
         mask = tuple(_is_argument(leaf) for leaf in leaves)
         # A 0-d JAX array as a NumPy one: operations on it would be staged into the program.

@@ -22,7 +22,7 @@ from jax.flatten_util import ravel_pytree
 
 from curvature import tree_norm
 from curvature._checks import is_integer
-from curvature._compiled import cached
+from curvature._compiled import cached, traced
 from curvature._tracking import max_tracked_k
 from schedules import (
     STATIC_OF,
@@ -255,8 +255,11 @@ def initial_state(problem: Problem) -> tuple[Params, Any, jax.Array]:
 
 
 class _ContextFunctions(NamedTuple):
-    """A problem's full-batch losses and, compiled, its Γ and η and the loss gradient."""
+    """A problem's training data as arrays, its full-batch losses and, compiled, its Γ and η
+    and the loss gradient."""
 
+    x: jax.Array
+    y: jax.Array
     loss: Callable[..., jax.Array]  # (x, y, gamma, params) -> loss
     static_loss: Callable[..., jax.Array]  # (x, y, params) -> static loss
     schedules: Callable[[jax.Array], tuple[jax.Array, jax.Array]]  # step -> (Γ, η)
@@ -270,9 +273,9 @@ KEPT_PROBLEMS = 4
 
 
 def _context_functions(problem: Problem, tracing: bool) -> _ContextFunctions:
-    """The functions of :func:`context`, made once per problem outside a trace.
+    """The data and functions of :func:`context`, made once per problem outside a trace.
 
-    Reused while the problem's functions are the same objects (``restore`` reuses the
+    Reused while the problem's functions and data are the same objects (``restore`` reuses the
     problem of a configuration), so a loop over checkpoints compiles Γ and the gradient once
     and the curvature functions, whose loss function is then the same ``Partial``, reuse
     their programs too.
@@ -292,17 +295,20 @@ def _context_functions(problem: Problem, tracing: bool) -> _ContextFunctions:
                 jnp.asarray(problem.learning_rate(step), dtype),
             )
 
+        x = jnp.asarray(problem.data.x_train, dtype)
+        y = jnp.asarray(problem.data.y_train)
         gradient = jax.grad(loss, argnums=3)
         if not compile_whole:
-            return _ContextFunctions(loss, static_loss, schedules, gradient)
+            return _ContextFunctions(x, y, loss, static_loss, schedules, gradient)
         # Called outside a trace, JAX compiled each primitive on its own (restoring a
         # checkpoint spent 3.4 s on them, 107 programs).
-        return _ContextFunctions(loss, static_loss, jax.jit(schedules), jax.jit(gradient))
+        return _ContextFunctions(x, y, loss, static_loss, jax.jit(schedules), jax.jit(gradient))
 
     if tracing:  # part of the caller's program; its functions may hold tracers
         return make(compile_whole=False)
     key = (problem.loss, problem.static_loss, apply, problem.schedule, problem.learning_rate)
-    key = (*key, np.dtype(dtype).name)
+    # The data by identity: the entry's closure holds the problem, so the ids stay its own.
+    key = (*key, id(problem.data.x_train), id(problem.data.y_train), np.dtype(dtype).name)
     return cached(_CONTEXT_FUNCTIONS, key, lambda: make(True), size=KEPT_PROBLEMS)
 
 
@@ -316,13 +322,8 @@ def context(
     arrays, so curvature functions given them compile one program per problem, not one per
     step.
     """
-    dtype = problem.dtype
-    x = jnp.asarray(problem.data.x_train, dtype)
-    y = jnp.asarray(problem.data.y_train)
-    tracing = any(
-        isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((params, step, grads))
-    )
-    functions = _context_functions(problem, tracing)
+    functions = _context_functions(problem, traced((params, step, grads)))
+    x, y = functions.x, functions.y  # moved to the device once per problem
     gamma, learning_rate = functions.schedules(step)
     if grads is None:
         grads = functions.gradient(x, y, gamma, params)
