@@ -5,7 +5,9 @@
 # (SWEEP_S > 0) the sweep benchmark, all unchanged on GPU. Each step has a time limit (the
 # *_S variables, seconds) and its output goes to $OUT/<step>.txt as it comes. CURVATURE_ROWS
 # picks the tracker rows (default "block tol"), TESTS the test files, TEST_WORKERS their
-# pytest-xdist workers (default 4).
+# pytest-xdist workers (default 4), TEST_FLAGS pytest's other options (default -q; -v names each
+# test as it ends, so a run cut short by its limit still says which passed). FIRST_CALL_S > 0
+# also times post-hoc calls from plain Python (benchmarks/first_call.py).
 #
 #   bash benchmarks/device.sh            (from the repository root; output also under $OUT)
 #
@@ -46,9 +48,10 @@ step curvature_late "${CURVATURE_LATE_S:-0}" $PY benchmarks/curvature.py --steps
     --start 10000 --rows $ROWS --no-post-hoc
 step curvature_k1 "${CURVATURE_K1_S:-0}" $PY benchmarks/curvature.py --steps 1000 200 --k 1 \
     --rows $ROWS --no-post-hoc
+step first_call "${FIRST_CALL_S:-0}" $PY benchmarks/first_call.py
 TESTS=${TESTS:-tests/test_tracking.py tests/test_precision.py tests/test_hessian.py \
 tests/test_lanczos.py tests/test_small.py}
-step tests "${TESTS_S:-100}" $PY -m pytest -q -p no:cacheprovider -n "${TEST_WORKERS:-4}" $TESTS
+step tests "${TESTS_S:-100}" $PY -m pytest -q -p no:cacheprovider -n "${TEST_WORKERS:-4}" ${TEST_FLAGS:--q} $TESTS
 step throughput "${THROUGHPUT_S:-60}" $PY benchmarks/train_throughput.py --steps 2000 \
     --repeats 1 --tracking
 step sweep "${SWEEP_S:-0}" $PY benchmarks/sweep_throughput.py --runs 10 100 1000 --lanes 10 \

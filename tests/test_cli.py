@@ -1,5 +1,6 @@
 """End-to-end tests of the dynloss command line."""
 
+import os
 import subprocess
 import sys
 
@@ -402,10 +403,20 @@ def test_detect_writes_its_result_before_printing(lr_runs, monkeypatch):
     def closed_pipe(*args, **kwargs):
         raise BrokenPipeError(32, "Broken pipe")
 
+    # The handler points stdout at /dev/null so that Python's exit flush raises nothing. Inside
+    # pytest that descriptor is the capture's file: record the call instead of making it.
+    redirected = []
+
+    def dup2(fd, fd2):
+        os.close(fd)
+        redirected.append(fd2)
+
+    monkeypatch.setattr(os, "dup2", dup2)
     monkeypatch.setattr(builtins, "print", closed_pipe)
     assert main(["detect", str(run), "--method", "branches"]) == 141
     monkeypatch.undo()
     assert target.exists()
+    assert redirected == [sys.stdout.fileno()]
 
 
 def test_interrupt_is_a_message_and_a_folder_is_not_a_run(monkeypatch, capsys, tmp_path):

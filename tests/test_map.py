@@ -180,7 +180,11 @@ def test_values_are_numbers_in_the_runs_dtype(run):
         train(CONFIG.replace(steps=10), metrics=[grad_cosine])
     stored = map_checkpoints(run, python_float, steps=[0, 50])
     assert stored["python_float"].dtype == np.float32  # a Python float, as the trainer stores it
-    np.testing.assert_allclose(stored["python_float"], open_run(run)["loss"].sel(step=[0, 50]))
+    # Equal on CPU; within a few float32 ulp on a GPU, whose fused training step sums the loss
+    # in another order than the loss function called alone.
+    np.testing.assert_allclose(
+        stored["python_float"], open_run(run)["loss"].sel(step=[0, 50]), rtol=5e-7
+    )
 
 
 def test_online_metric_must_be_traceable_and_not_clash():

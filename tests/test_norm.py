@@ -40,10 +40,11 @@ def test_norm_matches_numpy_at_every_scale(x64, dtype, scales):
 
 
 def test_plain_norm_underflows_where_this_one_does_not():
-    # The failure this module exists for: float32 squares of 1e-20 flush to zero.
-    x = jnp.full((10,), 1e-20, jnp.float32)
+    # The failure this module exists for: float32 squares of 1e-25 underflow to zero (1e-50 is
+    # below the least subnormal, 1.4e-45, so on every backend, flushing subnormals or not).
+    x = jnp.full((10,), 1e-25, jnp.float32)
     assert float(jnp.linalg.norm(x)) == 0.0
-    np.testing.assert_allclose(float(norm(x)), np.sqrt(10) * 1e-20, rtol=1e-6)
+    np.testing.assert_allclose(float(norm(x)), np.sqrt(10) * 1e-25, rtol=1e-6)
 
 
 def test_norm_of_zeros_infinities_and_nans():
