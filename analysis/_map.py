@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -12,11 +13,11 @@ import numpy as np
 import xarray as xr
 
 from curvature._checks import integer_at_least
+from curvature._compiled import cached
 from training import (
     Context,
     Metric,
     Problem,
-    build,
     config_of,
     context,
     open_run,
@@ -26,7 +27,7 @@ from training import (
     write_sibling,
 )
 from training._metrics import as_metric, check_numbers, dims_of, variables
-from training._trainer import initial_state
+from training._trainer import initial_state, problem_of
 
 STEP = "step"
 
@@ -165,8 +166,9 @@ def map_checkpoints(
     index = {int(s): i for i, s in enumerate(ds["checkpoint_step"].values)}
     flat_params = ds["params"]
     with precision(config.dtype):
-        problem = build(config)
+        problem = problem_of(config)
         template = jax.eval_shape(lambda: initial_state(problem)[0])
+        programs = _programs_of(problem, template, fn, metric)
 
         def params_at(step: int) -> jax.Array:
             values = np.asarray(flat_params.isel(checkpoint=index[step]).values)
@@ -176,11 +178,9 @@ def map_checkpoints(
         bar = _bar(progress, len(selected), name)
         try:
             if _is_stateless(problem, template, metric, params_at(selected[0]), selected[0]):
-                _run_stateless(
-                    problem, template, metric, selected, params_at, batch or 16, rows, bar
-                )
+                _run_stateless(programs, selected, params_at, batch or 16, rows, bar)
             else:
-                _run_stateful(problem, template, metric, selected, params_at, rows, bar)
+                _run_stateful(programs, selected, params_at, rows, bar)
         except _StepError as failure:
             partial = _dataset(name, metric, selected, rows, ds.attrs, problem.dtype)
             written = ""
@@ -252,25 +252,72 @@ def _is_stateless(
     return not jax.tree_util.tree_leaves(state)
 
 
-def _evaluator(problem: Problem, template: Any, metric: Metric) -> Callable:
-    def evaluate(flat: jax.Array, step: jax.Array) -> Any:
-        ctx = context(problem, unflatten(template, flat), step)
-        return metric.update(ctx, metric.init(ctx))[0]
+class _Programs(NamedTuple):
+    """The jitted functions of one diagnostic on one problem, and the plain ones they wrap."""
 
-    return evaluate
+    fn: Any  # the diagnostic as given: held so that its id, part of the key, stays its own
+    evaluate: Callable  # stateless: (flat params, step) -> values
+    batched: Callable  # jit(vmap(evaluate))
+    single: Callable  # jit(evaluate)
+    init: Callable  # stateful: (flat params, step) -> state
+    update: Callable  # (flat params, step, state) -> (values, state)
+    jitted_init: Callable
+    jitted_update: Callable
 
 
-def _run_stateless(problem, template, metric, selected, params_at, batch, rows, bar) -> None:
-    evaluate = _evaluator(problem, template, metric)
+_PROGRAMS: collections.OrderedDict = collections.OrderedDict()
+
+
+def _programs_of(problem: Problem, template: Any, fn: Any, metric: Metric) -> _Programs:
+    """The functions evaluating ``metric`` on ``problem``, made once per problem and ``fn``.
+
+    A second call for the same diagnostic on a run of the same configuration (the same run
+    analysed again, or another step range) then reuses the compiled programs: the
+    diagnostic's first compilation (a warm tracker's update: 4-7 s) is paid once per process.
+    ``fn`` is compared by identity; the built-in factories (``training.hessian_metric``...)
+    return the same object for the same options.
+    """
+
+    def make() -> _Programs:
+        def ctx_at(flat: jax.Array, step: jax.Array) -> Context:
+            return context(problem, unflatten(template, flat), step)
+
+        def evaluate(flat: jax.Array, step: jax.Array) -> Any:
+            ctx = ctx_at(flat, step)
+            return metric.update(ctx, metric.init(ctx))[0]
+
+        def init(flat: jax.Array, step: jax.Array) -> Any:
+            return metric.init(ctx_at(flat, step))
+
+        def update(flat: jax.Array, step: jax.Array, state: Any) -> tuple[Any, Any]:
+            return metric.update(ctx_at(flat, step), state)
+
+        return _Programs(
+            fn,
+            evaluate,
+            jax.jit(jax.vmap(evaluate)),
+            jax.jit(evaluate),
+            init,
+            update,
+            jax.jit(init),
+            jax.jit(update),
+        )
+
+    config = problem.config.replace(output=None)
+    key = (config, bool(jax.config.jax_enable_x64), id(fn))
+    return cached(_PROGRAMS, key, make)
+
+
+def _run_stateless(programs, selected, params_at, batch, rows, bar) -> None:
     if batch == 1:  # no vmap at all: a batch of one still pays for batched products on CPU
-        _run_one_by_one(evaluate, selected, params_at, rows, bar)
+        _run_one_by_one(programs, selected, params_at, rows, bar)
         return
+    batched = programs.batched
     try:
-        batched = jax.jit(jax.vmap(evaluate))
         first = selected[:batch]
         out = batched(jnp.stack([params_at(s) for s in first]), jnp.asarray(first))
     except Exception:  # not vmappable/jittable: fall back to one checkpoint at a time
-        _run_one_by_one(evaluate, selected, params_at, rows, bar)
+        _run_one_by_one(programs, selected, params_at, rows, bar)
         return
     for start in range(0, len(selected), batch):
         chunk = selected[start : start + batch]
@@ -285,8 +332,8 @@ def _run_stateless(problem, template, metric, selected, params_at, batch, rows, 
         bar.advance(len(chunk))
 
 
-def _run_one_by_one(evaluate, selected, params_at, rows, bar) -> None:
-    jitted, use_jit = jax.jit(evaluate), True
+def _run_one_by_one(programs, selected, params_at, rows, bar) -> None:
+    evaluate, jitted, use_jit = programs.evaluate, programs.single, True
     for step in selected:
         flat = params_at(step)
         try:
@@ -303,17 +350,9 @@ def _run_one_by_one(evaluate, selected, params_at, rows, bar) -> None:
         bar.advance()
 
 
-def _run_stateful(problem, template, metric, selected, params_at, rows, bar) -> None:
-    def ctx_at(flat: jax.Array, step: jax.Array) -> Context:
-        return context(problem, unflatten(template, flat), step)
-
-    def init(flat: jax.Array, step: jax.Array) -> Any:
-        return metric.init(ctx_at(flat, step))
-
-    def update(flat: jax.Array, step: jax.Array, state: Any) -> tuple[Any, Any]:
-        return metric.update(ctx_at(flat, step), state)
-
-    jitted = (jax.jit(init), jax.jit(update))
+def _run_stateful(programs, selected, params_at, rows, bar) -> None:
+    init, update = programs.init, programs.update
+    jitted = (programs.jitted_init, programs.jitted_update)
     state = None
     for step in selected:
         flat, t = params_at(step), jnp.asarray(step)

@@ -20,6 +20,7 @@ import xarray as xr
 from analysis._map import integer_steps, map_checkpoints
 from curvature import empirical_ntk, ntk_spectrum, spectral_density, stability_factors
 from curvature._checks import is_integer
+from curvature._compiled import reused
 from curvature._lanczos import check_k
 from curvature._tracking import max_tracked_k
 from training import (
@@ -48,6 +49,7 @@ there; the NTK's top-1 over 101 checkpoints: 1.8 s against 2.2 s at width 100, 4
 4.9 s at width 1000); on a GPU larger batches may pay."""
 
 
+@reused
 def _density_metric(
     num_probes: int,
     num_matvecs: int | None,
@@ -190,13 +192,14 @@ def hessian_trajectory(
     return _finish(run, result, "hessian", append, overwrite, recorded)
 
 
-def _on_subset(metric: Metric, subset: np.ndarray | None) -> Metric:
+def _on_subset(metric: Metric, subset: tuple[int, ...] | None) -> Metric:
     """``metric`` evaluated on the training inputs ``x[subset]`` only."""
     if subset is None:
         return metric
+    index = np.asarray(subset, np.int64)
 
     def restrict(ctx: Context) -> Context:
-        return ctx._replace(x=ctx.x[subset], y=ctx.y[subset])
+        return ctx._replace(x=ctx.x[index], y=ctx.y[index])
 
     return metric._replace(
         init=lambda ctx: metric.init(restrict(ctx)),
@@ -204,7 +207,15 @@ def _on_subset(metric: Metric, subset: np.ndarray | None) -> Metric:
     )
 
 
-def _ntk_full_metric(eigenvectors: bool, learning_rate: float, num_samples: int) -> Metric:
+@reused
+def _ntk_top_metric(k: int, subset: tuple[int, ...] | None, **options: Any) -> Metric:
+    return _on_subset(ntk_metric(k, warm=False, **options), subset)
+
+
+@reused
+def _ntk_full_metric(
+    eigenvectors: bool, learning_rate: float, num_samples: int, subset: tuple[int, ...] | None
+) -> Metric:
     def init(ctx: Context) -> tuple:
         return ()
 
@@ -236,7 +247,7 @@ def _ntk_full_metric(eigenvectors: bool, learning_rate: float, num_samples: int)
             "units": "1",
         },
     }
-    return Metric(init, update, dims, prefix=False, attrs=attrs)
+    return _on_subset(Metric(init, update, dims, prefix=False, attrs=attrs), subset)
 
 
 def ntk_trajectory(
@@ -278,23 +289,21 @@ def ntk_trajectory(
                 f"(got {subset!r})."
             )
         subset = int(subset)  # NumPy's integers too, so the options attribute serialises
-        index = np.round(np.linspace(0, num_samples - 1, subset)).astype(np.int64)
+        index = tuple(np.round(np.linspace(0, num_samples - 1, subset)).astype(int).tolist())
         num_samples = subset
     recorded = {"full": full, "eigenvectors": eigenvectors, "subset": subset, **options}
     if not full:  # the full spectrum does not depend on k
         recorded["k"] = k
     _check_append(run, "ntk", append, overwrite, recorded)
     if full:
-        metric = _on_subset(
-            _ntk_full_metric(eigenvectors, config.learning_rate, num_samples), index
-        )
+        metric = _ntk_full_metric(eigenvectors, config.learning_rate, num_samples, index)
         result = map_checkpoints(
             run, metric, steps=steps, name="ntk", batch=batch or 1, progress=progress
         )
     else:
         result = map_checkpoints(
             run,
-            _on_subset(ntk_metric(k, warm=False, **options), index),
+            _ntk_top_metric(k, index, **options),
             steps=steps,
             name="ntk",
             batch=LANCZOS_BATCH if batch is None else batch,

@@ -66,6 +66,31 @@ def _static_key(leaf: object) -> Hashable:
     return (type(leaf), leaf)
 
 
+def reused(fn: F) -> F:
+    """``fn`` returning the same object for equal arguments (compared with their types), so a
+    program compiled for that object is compiled once.
+
+    For factories of diagnostics (``training.hessian_metric``): a jitted function of the
+    object they return is cached by that object, and a new object per call would compile
+    again each time. Arguments are compared as :func:`compiled` compares constants (``k=3``
+    and ``k=3.0`` give different objects); a call with an unhashable argument (an array)
+    makes a new object. The 8 most recent objects are kept.
+    """
+    made: collections.OrderedDict = collections.OrderedDict()
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        leaves, treedef = jax.tree.flatten((args, kwargs))
+        key = (treedef, tuple(map(_static_key, leaves)))
+        try:
+            hash(key)
+        except TypeError:
+            return fn(*args, **kwargs)
+        return cached(made, key, lambda: fn(*args, **kwargs))
+
+    return wrapped  # type: ignore[return-value]
+
+
 def compiled(fn: F) -> F:
     """``fn`` with full-precision products (:func:`full_precision`), and run as one ``jit``
     program when no argument is being traced.

@@ -24,7 +24,7 @@ from curvature import (
     ntk_spectrum,
     spectral_density,
 )
-from curvature._compiled import cached
+from curvature._compiled import cached, reused
 from training import TrainConfig, build, context, initial_state
 
 
@@ -158,6 +158,18 @@ def test_cache_keeps_the_most_recent_entries():
     for key in ("a", "b", "a", "c"):
         cached(cache, key, lambda key=key: made.append(key) or key, size=2)
     assert made == ["a", "b", "c"] and list(cache) == ["a", "c"]
+
+
+def test_reused_objects_follow_their_arguments_and_types():
+    @reused
+    def factory(k, **options):
+        return [k, options]
+
+    assert factory(3, tol=0.1) is factory(3, tol=0.1)
+    assert factory(3) is not factory(3.0) and factory(3.0) == [3.0, {}]
+    assert factory(3, tol=0.1) is not factory(3, tol=0.2)
+    v0 = jnp.ones(2)  # unhashable: a new object each time
+    assert factory(3, v0=v0) is not factory(3, v0=v0)
 
 
 def test_contexts_of_one_problem_share_their_programs():

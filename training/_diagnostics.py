@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from curvature import gradient_projection, hessian_top_k, hessian_tracker, ntk_top_k, ntk_tracker
+from curvature._compiled import reused
 from training._metrics import Context, Metric
 
 EIGEN_INDEX = "eigen_index"
@@ -85,6 +86,7 @@ def _hessian_dims(projection: bool) -> dict[str, tuple[str, ...]]:
     return dims
 
 
+@reused
 def hessian_metric(
     k: int, *, projection: bool = False, warm: bool = True, **options: Any
 ) -> Metric:
@@ -93,7 +95,9 @@ def hessian_metric(
     ``warm=True`` (training, and post hoc by default): :func:`curvature.hessian_tracker`,
     warm-started from the last evaluation's eigenvectors, with a cold restart when residuals
     grow. ``warm=False`` (post hoc on request): a cold :func:`curvature.hessian_top_k`
-    Lanczos every time. ``options`` go to the tracker or to ``hessian_top_k``.
+    Lanczos every time. ``options`` go to the tracker or to ``hessian_top_k``. Equal
+    arguments give the same Metric, whose compiled programs ``analysis.map_checkpoints``
+    then reuses.
     """
     if warm:
         tracker = hessian_tracker(k, **options)
@@ -117,8 +121,12 @@ def hessian_metric(
     return Metric(init, update, _hessian_dims(projection), prefix=False, attrs=HESSIAN_ATTRS)
 
 
+@reused
 def ntk_metric(k: int, *, warm: bool = True, **options: Any) -> Metric:
-    """Top-k eigenvalues of the empirical NTK of the training inputs at each evaluated step."""
+    """Top-k eigenvalues of the empirical NTK of the training inputs at each evaluated step.
+
+    Equal arguments give the same Metric (see :func:`hessian_metric`).
+    """
     dims = {"ntk_eigenvalues": (NTK_EIGEN_INDEX,), "ntk_residuals": (NTK_EIGEN_INDEX,)}
     if warm:
         tracker = ntk_tracker(k, **options)

@@ -267,7 +267,7 @@ class _ContextFunctions(NamedTuple):
 
 
 _CONTEXT_FUNCTIONS: collections.OrderedDict = collections.OrderedDict()
-_RESTORED_PROBLEMS: collections.OrderedDict = collections.OrderedDict()
+_PROBLEMS: collections.OrderedDict = collections.OrderedDict()
 #: Problems (with their training data) kept by ``restore`` and by :func:`context`.
 KEPT_PROBLEMS = 4
 
@@ -310,6 +310,19 @@ def _context_functions(problem: Problem, tracing: bool) -> _ContextFunctions:
     # The data by identity: the entry's closure holds the problem, so the ids stay its own.
     key = (*key, id(problem.data.x_train), id(problem.data.y_train), np.dtype(dtype).name)
     return cached(_CONTEXT_FUNCTIONS, key, lambda: make(True), size=KEPT_PROBLEMS)
+
+
+def problem_of(config: TrainConfig) -> Problem:
+    """``build(config)``, the same problem again for a configuration seen recently.
+
+    One problem per configuration (the :data:`KEPT_PROBLEMS` most recent; ``output`` aside, the
+    64-bit mode compared): restoring checkpoint after checkpoint, or analysing a run
+    again, then reuses the compiled programs of its context, of the curvature functions given
+    its loss, and of the diagnostics evaluated on it. The problem's ``config`` is ``config``.
+    """
+    key = (config.replace(output=None), bool(jax.config.jax_enable_x64))
+    problem = cached(_PROBLEMS, key, lambda: build(config), size=KEPT_PROBLEMS)
+    return problem._replace(config=config)
 
 
 def context(
@@ -814,11 +827,7 @@ def restore(run: xr.Dataset | str | Path, step: int) -> Restored:
         )
     if config.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
-    # One problem per configuration: restoring checkpoint after checkpoint then reuses the
-    # compiled programs of its context and of the curvature functions given its loss.
-    key = (config.replace(output=None), bool(jax.config.jax_enable_x64))
-    problem = cached(_RESTORED_PROBLEMS, key, lambda: build(config), size=KEPT_PROBLEMS)
-    problem = problem._replace(config=config)
+    problem = problem_of(config)
     layout = json.loads(ds.attrs["param_layout"])
     template = jax.eval_shape(lambda: initial_state(problem)[0])
     expected = _layout(template)
