@@ -268,7 +268,8 @@ class _ContextFunctions(NamedTuple):
 
 _CONTEXT_FUNCTIONS: collections.OrderedDict = collections.OrderedDict()
 _PROBLEMS: collections.OrderedDict = collections.OrderedDict()
-#: Problems (with their training data) kept by ``restore`` and by :func:`context`.
+#: Problems (with their training data) kept by :func:`problem_of` (``restore``,
+#: ``analysis.map_checkpoints``), and the device copies of their data kept by :func:`context`.
 KEPT_PROBLEMS = 4
 
 
