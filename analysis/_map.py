@@ -275,7 +275,8 @@ def _programs_of(problem: Problem, template: Any, fn: Any, metric: Metric) -> _P
     analysed again, or another step range) then reuses the compiled programs: the
     diagnostic's first compilation (a warm tracker's update: 4-7 s) is paid once per process.
     ``fn`` is compared by identity; the built-in factories (``training.hessian_metric``...)
-    return the same object for the same options.
+    return the same object for the same options. The 8 most recent are kept, each holding
+    its problem (training data included) and ``fn``.
     """
 
     def make() -> _Programs:
