@@ -51,7 +51,8 @@ step curvature_k1 "${CURVATURE_K1_S:-0}" $PY benchmarks/curvature.py --steps 100
 step first_call "${FIRST_CALL_S:-0}" $PY benchmarks/first_call.py
 TESTS=${TESTS:-tests/test_tracking.py tests/test_precision.py tests/test_hessian.py \
 tests/test_lanczos.py tests/test_small.py}
-step tests "${TESTS_S:-100}" $PY -m pytest -q -p no:cacheprovider -n "${TEST_WORKERS:-4}" ${TEST_FLAGS:--q} $TESTS
+step tests "${TESTS_S:-100}" $PY -m pytest -p no:cacheprovider -n "${TEST_WORKERS:-4}" \
+    ${TEST_FLAGS:--q} $TESTS
 step throughput "${THROUGHPUT_S:-60}" $PY benchmarks/train_throughput.py --steps 2000 \
     --repeats 1 --tracking
 step sweep "${SWEEP_S:-0}" $PY benchmarks/sweep_throughput.py --runs 10 100 1000 --lanes 10 \

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,7 +14,15 @@ import xarray as xr
 
 from analysis import hessian_trajectory, map_checkpoints
 from analysis._cli import main
-from training import TrainConfig, open_run, sibling_files, sibling_path, train, write_sibling
+from training import (
+    TrainConfig,
+    hessian_metric,
+    open_run,
+    sibling_files,
+    sibling_path,
+    train,
+    write_sibling,
+)
 
 TINY = TrainConfig(hidden_widths=(4,), steps=60, checkpoint_every=20, amplitude=5.0, period=20.0)
 
@@ -329,10 +338,6 @@ def test_analysing_a_run_again_compiles_nothing(runs):
     # The programs of a diagnostic are kept per configuration and diagnostic, and the built-in
     # factories return the same Metric for the same options: a second analysis of the run, or
     # of a copy of it, reuses them (a warm tracker's update alone compiles for seconds).
-    import jax
-
-    from training import hessian_metric
-
     assert hessian_metric(1) is hessian_metric(1)
     assert hessian_metric(1, tol=1e-3) is not hessian_metric(1, tol=1e-2)
     first, _ = runs
