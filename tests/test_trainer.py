@@ -371,3 +371,30 @@ def test_interrupt_marks_file_with_its_cause(tmp_path):
     assert ds.attrs["status"] == "failed"
     assert ds.attrs["error"] == "KeyboardInterrupt: interrupted (Ctrl-C or SIGINT)"
     assert int(ds.attrs["last_complete_step"]) == 99
+
+
+def test_runs_differing_in_hyperparameters_share_one_program():
+    # A learning-rate study: the learning rate, Γ's amplitude and period, stop_after and the
+    # momentum are arguments of the compiled step, so the second run reuses the first one's
+    # program (no new trace or compilation of the chunk) and equals the same run compiled on
+    # its own.
+    import training._trainer as trainer
+
+    base = TrainConfig(hidden_widths=(5,), steps=30, checkpoint_every=10, hessian_top_k=1)
+    other = base.replace(learning_rate=0.7, amplitude=3.0, period=10.0, stop_after=20)
+    trainer._PREPARED.clear()
+    train(base)
+    (prepared,) = trainer._PREPARED.values()
+    shared = train(other)
+    (again,) = trainer._PREPARED.values()
+    assert again is prepared and prepared.run_chunk._cache_size() == 1
+    trainer._PREPARED.clear()
+    alone = train(other)
+    for name in ("loss", "gamma", "hessian_eigenvalues", "params"):
+        np.testing.assert_array_equal(shared[name].values, alone[name].values)
+    assert json.loads(shared.attrs["config"])["learning_rate"] == 0.7
+    # A user metric may read ctx.config, so it keeps a program per configuration.
+    metrics = {"lr": lambda ctx: ctx.config.learning_rate}
+    plain = base.replace(hessian_top_k=0, steps=2)
+    assert train(plain, metrics=metrics)["lr"].values[0] == 1.0
+    assert train(plain.replace(learning_rate=0.7), metrics=metrics)["lr"].values[0] == 0.7

@@ -40,6 +40,7 @@ from training._config import TrainConfig
 from training._runfile import RunWriter
 from training._trainer import (
     COMPILED_CACHE_SIZE,
+    HYPER_DEFAULTS,
     Hyper,
     Problem,
     _flat,
@@ -54,7 +55,7 @@ from training._trainer import (
     specialise,
 )
 
-BATCHED_FIELDS = ("seed", "amplitude", "period", "stop_after", "learning_rate", "momentum")
+BATCHED_FIELDS = ("seed", *HYPER_DEFAULTS)
 """``TrainConfig`` fields that may differ between the runs of one batch."""
 
 SUMMARY_VARIABLES = (
@@ -106,15 +107,7 @@ class BatchResult(NamedTuple):
 
 def shape_key(config: TrainConfig) -> TrainConfig:
     """``config`` with the batchable fields reset: runs with equal keys can share a batch."""
-    return config.replace(
-        seed=0,
-        amplitude=1.0,
-        period=1.0,
-        stop_after=None,
-        learning_rate=1.0,
-        momentum=0.0,
-        output=None,
-    )
+    return config.replace(seed=0, output=None, **HYPER_DEFAULTS)
 
 
 def default_summary_every(config: TrainConfig) -> int:

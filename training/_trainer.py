@@ -82,6 +82,17 @@ class Hyper(NamedTuple):
     period_residual: jax.Array
 
 
+HYPER_DEFAULTS = {
+    "amplitude": 1.0,
+    "period": 1.0,
+    "stop_after": None,
+    "learning_rate": 1.0,
+    "momentum": 0.0,
+}
+"""The ``TrainConfig`` fields that :class:`Hyper` carries, with neutral values: a compiled step
+takes them as arguments, so configurations that differ only in them can share its program."""
+
+
 def hyper_of(config: TrainConfig, dtype: Any = None) -> Hyper:
     """The :class:`Hyper` of one configuration (JAX's default float dtype unless given)."""
     dtype = dtype or jnp.result_type(float)
@@ -655,17 +666,25 @@ def _prepare(config: TrainConfig, metrics: Mapping[str, Any]) -> _Prepared:
     """Problem, metrics and the compiled chunk of ``config``, reused across ``train`` calls.
 
     Runs that differ only in ``output`` (and use the same metric objects) share one compiled
-    program, so repeated runs do not pay the compilation again.
+    program, so repeated runs do not pay the compilation again. Without user metrics, runs
+    that differ only in the :data:`HYPER_DEFAULTS` fields (a learning-rate study) share it too:
+    those values are the program's arguments (``Hyper``, in the scan's carry). User metrics
+    keep a program per configuration, as they may read ``ctx.config``; the built-in ones read
+    none of those fields.
     """
+    program = config.replace(output=None)
+    if not metrics:
+        program = program.replace(**HYPER_DEFAULTS)
     key = (
-        config.replace(output=None),
+        program,
         tuple((name, id(m)) for name, m in metrics.items()),
         bool(jax.config.jax_enable_x64),
     )
     prepared = cached(
         _PREPARED, key, lambda: _compile_run(config, metrics), size=COMPILED_CACHE_SIZE
     )
-    return prepared._replace(problem=prepared.problem._replace(config=config))
+    problem = prepared.problem._replace(config=config)
+    return prepared._replace(problem=specialise(problem, hyper_of(config, problem.dtype)))
 
 
 def _compile_run(config: TrainConfig, metrics: Mapping[str, Any]) -> _Prepared:
