@@ -66,6 +66,17 @@ def _static_key(leaf: object) -> Hashable:
     return (type(leaf), leaf)
 
 
+def _key_of(structure: Hashable, constants: list) -> Hashable | None:
+    """A cache key of ``constants`` (each with its type) under ``structure``; None when one
+    of them cannot be hashed."""
+    key = (structure, tuple(map(_static_key, constants)))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
 def reused(fn: F) -> F:
     """``fn`` returning the same object for equal arguments (compared with their types), so a
     program compiled for that object is compiled once.
@@ -81,10 +92,8 @@ def reused(fn: F) -> F:
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
         leaves, treedef = jax.tree.flatten((args, kwargs))
-        key = (treedef, tuple(map(_static_key, leaves)))
-        try:
-            hash(key)
-        except TypeError:
+        key = _key_of(treedef, leaves)
+        if key is None:
             return fn(*args, **kwargs)
         return cached(made, key, lambda: fn(*args, **kwargs))
 
@@ -121,10 +130,8 @@ def compiled(fn: F) -> F:
             for leaf, is_argument in zip(leaves, mask, strict=True)
             if not is_argument
         ]
-        key = (treedef, mask, tuple(map(_static_key, statics)))
-        try:
-            hash(key)
-        except TypeError:  # an unhashable static argument: run as written
+        key = _key_of((treedef, mask), statics)
+        if key is None:  # an unhashable static argument: run as written
             return precise(*args, **kwargs)
 
         def make() -> Callable:

@@ -1,5 +1,6 @@
 """Shared fixtures. Tests that compare numerics tightly run in float64 via the `x64` fixture."""
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -48,3 +49,25 @@ def _restore_x64_flag():
     before = jax.config.jax_enable_x64
     yield
     jax.config.update("jax_enable_x64", before)
+
+
+@contextlib.contextmanager
+def _compilations():
+    """Collects one entry (its duration) per XLA compilation made inside the block."""
+    seen = []
+
+    def listener(event: str, duration: float, **_) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            seen.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield seen
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+@pytest.fixture
+def compilations():
+    """``with compilations() as seen:`` counts the XLA compilations inside the block."""
+    return _compilations

@@ -6,7 +6,6 @@ These tests count XLA compilations rather than time them.
 """
 
 import collections
-import contextlib
 
 import jax
 import jax.flatten_util
@@ -26,22 +25,6 @@ from curvature import (
 )
 from curvature._compiled import cached, reused
 from training import TrainConfig, build, context, initial_state
-
-
-@contextlib.contextmanager
-def compilations():
-    """Collects one entry per XLA compilation made inside the block."""
-    seen = []
-
-    def listener(event: str, duration: float, **_) -> None:
-        if event == "/jax/core/compile/backend_compile_duration":
-            seen.append(duration)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield seen
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def _problem(width: int, seed: int = 0):
@@ -73,7 +56,7 @@ def _problem(width: int, seed: int = 0):
     ],
     ids=["hessian_top_k", "spectral_density", "hvp", "hessian_eigh", "gradient_projection"],
 )
-def test_an_eager_call_is_one_program_and_equals_the_traced_one(call):
+def test_an_eager_call_is_one_program_and_equals_the_traced_one(call, compilations):
     loss, params, traces = _problem(width=7)
     v = jax.tree.map(lambda a: a / 7.0, params)
     v = {**v, "rows": jax.flatten_util.ravel_pytree(v)[0][None]}  # (1, P) for the projection
@@ -91,7 +74,7 @@ def test_an_eager_call_is_one_program_and_equals_the_traced_one(call):
     assert seen == [] and traces["loss"] == before
 
 
-def test_loss_kernel_and_its_spectrum_compile_once_and_keep_the_label_check():
+def test_loss_kernel_and_its_spectrum_compile_once_and_keep_the_label_check(compilations):
     _, params, _ = _problem(width=9)
     x = jax.random.normal(jax.random.key(5), (13, 5))
     labels = jnp.arange(13) % 2
@@ -113,7 +96,7 @@ def test_loss_kernel_and_its_spectrum_compile_once_and_keep_the_label_check():
         loss_ntk(apply, params, x, labels + 1, loss="dce", weights=jnp.asarray([1.0, 3.0]))
 
 
-def test_options_keep_their_checks_and_types():
+def test_options_keep_their_checks_and_types(compilations):
     loss, params, _ = _problem(width=6)
     hessian_top_k(loss, params, 2, num_matvecs=10)
     with pytest.raises(ValueError, match="k must be"):
@@ -172,7 +155,7 @@ def test_reused_objects_follow_their_arguments_and_types():
     assert factory(3, v0=v0) is not factory(3, v0=v0)
 
 
-def test_contexts_of_one_problem_share_their_programs():
+def test_contexts_of_one_problem_share_their_programs(compilations):
     problem = build(TrainConfig(hidden_widths=(11,), steps=10))
     params = initial_state(problem)[0]
     with compilations() as seen:

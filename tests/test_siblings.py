@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -334,7 +333,7 @@ def test_results_written_at_the_same_time_are_merged(runs):
     assert target.stat().st_mode == plain.stat().st_mode
 
 
-def test_analysing_a_run_again_compiles_nothing(runs):
+def test_analysing_a_run_again_compiles_nothing(runs, compilations):
     # The programs of a diagnostic are kept per configuration and diagnostic, and the built-in
     # factories return the same Metric for the same options: a second analysis of the run, or
     # of a copy of it, reuses them (a warm tracker's update alone compiles for seconds).
@@ -343,19 +342,10 @@ def test_analysing_a_run_again_compiles_nothing(runs):
     first, _ = runs
     copy = first.parent / "copy.nc"
     copy.write_bytes(first.read_bytes())
-    seen = []
-
-    def listener(event, duration, **_):
-        if event == "/jax/core/compile/backend_compile_duration":
-            seen.append(event)
-
     eig = hessian_trajectory(first, steps=[20, 40], k=1)
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with compilations() as seen:
         again = hessian_trajectory(copy, steps=[20, 40], k=1)
         loss = map_checkpoints(copy, loss_value, steps=[0, 20])
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
     assert seen == []
     np.testing.assert_array_equal(again["hessian_eigenvalues"], eig["hessian_eigenvalues"])
     np.testing.assert_array_equal(
