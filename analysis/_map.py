@@ -27,7 +27,7 @@ from training import (
     write_sibling,
 )
 from training._metrics import as_metric, check_numbers, dims_of, variables
-from training._trainer import initial_state, problem_of
+from training._trainer import HYPER_DEFAULTS, initial_state, problem_of, specialise
 
 STEP = "step"
 
@@ -104,6 +104,7 @@ def map_checkpoints(
     append: bool = False,
     overwrite: bool = False,
     progress: bool = False,
+    share_programs: bool = False,
 ) -> xr.Dataset:
     """Evaluate a diagnostic ``fn(ctx)`` at saved checkpoints of a run.
 
@@ -135,6 +136,13 @@ def map_checkpoints(
         :func:`training.write_sibling`).
       overwrite: with ``append``, replace an existing ``RUN.<name>.nc`` whatever it holds.
       progress: show a progress bar.
+      share_programs: compile ``fn`` once for all runs that differ only in the learning
+        rate, Γ's amplitude and period, ``stop_after`` or the momentum (a learning-rate
+        study), as the built-in trajectories do. The compiled programs take those values as
+        arguments, so ``ctx.gamma``, ``ctx.learning_rate`` and ``ctx.loss_fn`` are each run's
+        own, but ``ctx.config`` is then the configuration of the first such run analysed: set
+        it only when ``fn`` does not read those fields from ``ctx.config``. By default the
+        programs are shared only by runs of equal configurations (``output`` aside).
 
     Returns:
       A Dataset on ``step`` holding only the evaluated steps.
@@ -168,7 +176,8 @@ def map_checkpoints(
     with precision(config.dtype):
         problem = problem_of(config)
         template = jax.eval_shape(lambda: initial_state(problem)[0])
-        programs = _programs_of(problem, template, fn, metric)
+        programs = _programs_of(problem, template, fn, metric, share_programs)
+        hyper = problem.hyper
 
         def params_at(step: int) -> jax.Array:
             values = np.asarray(flat_params.isel(checkpoint=index[step]).values)
@@ -178,9 +187,11 @@ def map_checkpoints(
         bar = _bar(progress, len(selected), name)
         try:
             if _is_stateless(problem, template, metric, params_at(selected[0]), selected[0]):
-                _run_stateless(programs, selected, params_at, batch or 16, rows, bar)
+                _run_stateless(
+                    programs, problem, hyper, selected, params_at, batch or 16, rows, bar
+                )
             else:
-                _run_stateful(programs, selected, params_at, rows, bar)
+                _run_stateful(programs, problem, hyper, selected, params_at, rows, bar)
         except _StepError as failure:
             partial = _dataset(name, metric, selected, rows, ds.attrs, problem.dtype)
             written = ""
@@ -253,72 +264,88 @@ def _is_stateless(
 
 
 class _Programs(NamedTuple):
-    """The jitted functions of one diagnostic on one problem, and the plain ones they wrap."""
+    """The jitted functions of one diagnostic on one problem, and the plain ones they wrap.
+
+    The plain functions take the run's :class:`training.Problem` (its hyperparameters as
+    constants); the jitted ones take its :class:`training.Hyper` as an argument instead, so
+    that runs differing only in those values can share them (``share_programs``).
+    """
 
     fn: Any  # the diagnostic as given: held so that its id, part of the key, stays its own
-    evaluate: Callable  # stateless: (flat params, step) -> values
-    batched: Callable  # jit(vmap(evaluate))
-    single: Callable  # jit(evaluate)
-    init: Callable  # stateful: (flat params, step) -> state
-    update: Callable  # (flat params, step, state) -> (values, state)
-    jitted_init: Callable
-    jitted_update: Callable
+    evaluate: Callable  # stateless: (problem, flat params, step) -> values
+    init: Callable  # stateful: (problem, flat params, step) -> state
+    update: Callable  # (problem, flat params, step, state) -> (values, state)
+    batched: Callable  # (flat params, step, hyper) -> values, vmapped over params and step
+    single: Callable  # (flat params, step, hyper) -> values
+    jitted_init: Callable  # (flat params, step, hyper) -> state
+    jitted_update: Callable  # (flat params, step, hyper, state) -> (values, state)
 
 
 _PROGRAMS: collections.OrderedDict = collections.OrderedDict()
 
 
-def _programs_of(problem: Problem, template: Any, fn: Any, metric: Metric) -> _Programs:
+def _programs_of(
+    problem: Problem, template: Any, fn: Any, metric: Metric, share: bool
+) -> _Programs:
     """The functions evaluating ``metric`` on ``problem``, made once per problem and ``fn``.
 
     A second call for the same diagnostic on a run of the same configuration (the same run
     analysed again, or another step range) then reuses the compiled programs: the
     diagnostic's first compilation (a warm tracker's update: 4-7 s) is paid once per process.
-    ``fn`` is compared by identity; the built-in factories (``training.hessian_metric``...)
-    return the same object for the same options. The 8 most recent are kept, each holding
-    its problem (training data included) and ``fn``.
+    With ``share``, so do runs whose configurations differ only in the
+    :data:`training._trainer.HYPER_DEFAULTS` fields; the jitted functions then use the first
+    such problem with each run's ``Hyper``. ``fn`` is compared by identity; the built-in
+    factories (``training.hessian_metric``...) return the same object for the same options.
+    The 8 most recent are kept, each holding its problem (training data included) and ``fn``.
     """
 
     def make() -> _Programs:
-        def ctx_at(flat: jax.Array, step: jax.Array) -> Context:
-            return context(problem, unflatten(template, flat), step)
+        def ctx_at(run: Problem, flat: jax.Array, step: jax.Array) -> Context:
+            return context(run, unflatten(template, flat), step)
 
-        def evaluate(flat: jax.Array, step: jax.Array) -> Any:
-            ctx = ctx_at(flat, step)
+        def evaluate(run: Problem, flat: jax.Array, step: jax.Array) -> Any:
+            ctx = ctx_at(run, flat, step)
             return metric.update(ctx, metric.init(ctx))[0]
 
-        def init(flat: jax.Array, step: jax.Array) -> Any:
-            return metric.init(ctx_at(flat, step))
+        def init(run: Problem, flat: jax.Array, step: jax.Array) -> Any:
+            return metric.init(ctx_at(run, flat, step))
 
-        def update(flat: jax.Array, step: jax.Array, state: Any) -> tuple[Any, Any]:
-            return metric.update(ctx_at(flat, step), state)
+        def update(run: Problem, flat: jax.Array, step: jax.Array, state: Any) -> tuple:
+            return metric.update(ctx_at(run, flat, step), state)
+
+        def with_hyper(plain: Callable) -> Callable:
+            return lambda flat, step, hyper, *rest: plain(
+                specialise(problem, hyper), flat, step, *rest
+            )
 
         return _Programs(
             fn,
             evaluate,
-            jax.jit(jax.vmap(evaluate)),
-            jax.jit(evaluate),
             init,
             update,
-            jax.jit(init),
-            jax.jit(update),
+            jax.jit(jax.vmap(with_hyper(evaluate), in_axes=(0, 0, None))),
+            jax.jit(with_hyper(evaluate)),
+            jax.jit(with_hyper(init)),
+            jax.jit(with_hyper(update)),
         )
 
     config = problem.config.replace(output=None)
+    if share:
+        config = config.replace(**HYPER_DEFAULTS)
     key = (config, bool(jax.config.jax_enable_x64), id(fn))
     return cached(_PROGRAMS, key, make)
 
 
-def _run_stateless(programs, selected, params_at, batch, rows, bar) -> None:
+def _run_stateless(programs, problem, hyper, selected, params_at, batch, rows, bar) -> None:
     if batch == 1:  # no vmap at all: a batch of one still pays for batched products on CPU
-        _run_one_by_one(programs, selected, params_at, rows, bar)
+        _run_one_by_one(programs, problem, hyper, selected, params_at, rows, bar)
         return
     batched = programs.batched
     try:
         first = selected[:batch]
-        out = batched(jnp.stack([params_at(s) for s in first]), jnp.asarray(first))
+        out = batched(jnp.stack([params_at(s) for s in first]), jnp.asarray(first), hyper)
     except Exception:  # not vmappable/jittable: fall back to one checkpoint at a time
-        _run_one_by_one(programs, selected, params_at, rows, bar)
+        _run_one_by_one(programs, problem, hyper, selected, params_at, rows, bar)
         return
     for start in range(0, len(selected), batch):
         chunk = selected[start : start + batch]
@@ -326,32 +353,32 @@ def _run_stateless(programs, selected, params_at, batch, rows, bar) -> None:
             # A short last chunk is padded with its last checkpoint (results dropped), so
             # every chunk has one shape and the program is compiled once.
             padded = chunk + chunk[-1:] * (len(first) - len(chunk))
-            out = batched(jnp.stack([params_at(s) for s in padded]), jnp.asarray(padded))
+            out = batched(jnp.stack([params_at(s) for s in padded]), jnp.asarray(padded), hyper)
         host = jax.tree_util.tree_map(np.asarray, out)
         for i in range(len(chunk)):
             rows.append(jax.tree_util.tree_map(lambda a, i=i: a[i], host))
         bar.advance(len(chunk))
 
 
-def _run_one_by_one(programs, selected, params_at, rows, bar) -> None:
+def _run_one_by_one(programs, problem, hyper, selected, params_at, rows, bar) -> None:
     evaluate, jitted, use_jit = programs.evaluate, programs.single, True
     for step in selected:
         flat = params_at(step)
         try:
             if use_jit:
                 try:
-                    out = jitted(flat, jnp.asarray(step))
+                    out = jitted(flat, jnp.asarray(step), hyper)
                 except Exception:
                     use_jit = False
             if not use_jit:
-                out = evaluate(flat, step)
+                out = evaluate(problem, flat, step)
             rows.append(jax.tree_util.tree_map(np.asarray, out))
         except Exception as error:
             raise _StepError(step, error) from error
         bar.advance()
 
 
-def _run_stateful(programs, selected, params_at, rows, bar) -> None:
+def _run_stateful(programs, problem, hyper, selected, params_at, rows, bar) -> None:
     init, update = programs.init, programs.update
     jitted = (programs.jitted_init, programs.jitted_update)
     state = None
@@ -360,12 +387,12 @@ def _run_stateful(programs, selected, params_at, rows, bar) -> None:
         try:
             try:
                 if state is None:
-                    state = jitted[0](flat, t)
-                values, state = jitted[1](flat, t, state)
+                    state = jitted[0](flat, t, hyper)
+                values, state = jitted[1](flat, t, hyper, state)
             except Exception:  # not traceable: run eagerly
                 if state is None:
-                    state = init(flat, t)
-                values, state = update(flat, t, state)
+                    state = init(problem, flat, t)
+                values, state = update(problem, flat, t, state)
             rows.append(jax.tree_util.tree_map(np.asarray, values))
         except Exception as error:
             raise _StepError(step, error) from error

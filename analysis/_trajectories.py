@@ -176,6 +176,7 @@ def hessian_trajectory(
         name="hessian",
         batch=LANCZOS_BATCH,
         progress=progress,
+        share_programs=True,
     )
     if not warm:
         result = result.drop_vars("hessian_restarted")
@@ -187,6 +188,7 @@ def hessian_trajectory(
             name="hessian_density",
             batch=LANCZOS_BATCH,
             progress=progress,
+            share_programs=True,
         )
         result = xr.merge([result, dens])
     return _finish(run, result, "hessian", append, overwrite, recorded)
@@ -214,7 +216,7 @@ def _ntk_top_metric(k: int, subset: tuple[int, ...] | None, **options: Any) -> M
 
 @reused
 def _ntk_full_metric(
-    eigenvectors: bool, learning_rate: float, num_samples: int, subset: tuple[int, ...] | None
+    eigenvectors: bool, num_samples: int, subset: tuple[int, ...] | None
 ) -> Metric:
     def init(ctx: Context) -> tuple:
         return ()
@@ -222,7 +224,7 @@ def _ntk_full_metric(
     def update(ctx: Context, state: tuple) -> tuple[dict, tuple]:
         kernel = empirical_ntk(ctx.apply_fn, ctx.params, ctx.x)
         spectrum = ntk_spectrum(kernel, eigenvectors=eigenvectors)
-        factors = stability_factors(spectrum.eigenvalues, learning_rate, num_samples)
+        factors = stability_factors(spectrum.eigenvalues, ctx.learning_rate, num_samples)
         values = {"ntk_spectrum": spectrum.eigenvalues, "ntk_stability_factors": factors.factors}
         if eigenvectors:
             values["ntk_eigenvectors"] = spectrum.eigenvectors
@@ -296,9 +298,15 @@ def ntk_trajectory(
         recorded["k"] = k
     _check_append(run, "ntk", append, overwrite, recorded)
     if full:
-        metric = _ntk_full_metric(eigenvectors, config.learning_rate, num_samples, index)
+        metric = _ntk_full_metric(eigenvectors, num_samples, index)
         result = map_checkpoints(
-            run, metric, steps=steps, name="ntk", batch=batch or 1, progress=progress
+            run,
+            metric,
+            steps=steps,
+            name="ntk",
+            batch=batch or 1,
+            progress=progress,
+            share_programs=True,
         )
     else:
         result = map_checkpoints(
@@ -308,6 +316,7 @@ def ntk_trajectory(
             name="ntk",
             batch=LANCZOS_BATCH if batch is None else batch,
             progress=progress,
+            share_programs=True,
         )
         result = result.drop_vars("ntk_restarted")
     return _finish(run, result, "ntk", append, overwrite, recorded)

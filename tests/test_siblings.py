@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from analysis import hessian_trajectory, map_checkpoints
+import analysis._map as map_module
+from analysis import hessian_trajectory, map_checkpoints, ntk_trajectory
 from analysis._cli import main
 from training import (
     TrainConfig,
@@ -351,3 +352,39 @@ def test_analysing_a_run_again_compiles_nothing(runs, compilations):
     np.testing.assert_array_equal(
         loss["loss_value"], open_run(first)["loss_value"].sel(step=[0, 20])
     )
+
+
+def test_runs_differing_in_learning_rate_share_the_trajectories_programs(runs, compilations):
+    # A learning-rate study: the built-in trajectories take the learning rate, Γ's amplitude
+    # and period as arguments of their programs, so a neighbour run compiles nothing new, and
+    # gives the values it gives when its programs are compiled for it alone.
+    first, second = runs
+    third = second.parent / "amplitude=8.nc"
+    train(TINY.replace(learning_rate=0.5, amplitude=8.0, period=30.0, output=str(third)))
+    hessian_trajectory(first, steps=[20, 40], k=1)
+    ntk_trajectory(first, steps=[20], k=1)
+    with compilations() as seen:
+        shared = hessian_trajectory(second, steps=[20, 40], k=1)
+        shared_ntk = ntk_trajectory(second, steps=[20], k=1)
+        hessian_trajectory(third, steps=[20, 40], k=1)
+    assert seen == []
+    map_module._PROGRAMS.clear()
+    with compilations() as seen:
+        alone = hessian_trajectory(second, steps=[20, 40], k=1)
+    assert seen  # compiled again: the values above did not come from elsewhere
+    for var in ("hessian_eigenvalues", "hessian_residuals", "grad_projection"):
+        np.testing.assert_array_equal(shared[var], alone[var])
+    map_module._PROGRAMS.clear()
+    np.testing.assert_array_equal(
+        shared_ntk["ntk_eigenvalues"], ntk_trajectory(second, steps=[20], k=1)["ntk_eigenvalues"]
+    )
+    # A user's diagnostic reads its own run's configuration unless it shares programs.
+    lr = map_checkpoints(second, lambda ctx: ctx.config.learning_rate, name="lr", steps=[20])
+    assert float(lr["lr"][0]) == 1.5
+    eta = map_checkpoints(third, lambda ctx: ctx.learning_rate, name="eta", share_programs=True)
+    assert np.all(eta["eta"] == 0.5)
+    # Γ (amplitude and period) comes from each run's own values through a shared program.
+    for run in (first, third):
+        got = map_checkpoints(run, loss_value, steps=[0, 20, 40], share_programs=True)
+        recorded = open_run(run)["loss"].sel(step=[0, 20, 40])
+        np.testing.assert_allclose(got["loss_value"], recorded, rtol=5e-7)
