@@ -100,7 +100,7 @@ def reused(fn: F) -> F:
     return wrapped  # type: ignore[return-value]
 
 
-def compiled(fn: F) -> F:
+def compiled(fn: F, *, state: tuple[int, ...] = ()) -> F:
     """``fn`` with full-precision products (:func:`full_precision`), and run as one ``jit``
     program when no argument is being traced.
 
@@ -114,16 +114,28 @@ def compiled(fn: F) -> F:
     its arrays as arguments, so only its function is a constant. ``fn`` must return a pytree
     of arrays and decide nothing from the values of its array arguments (it has to run under
     ``jit`` anyway, as it does inside training steps).
+
+    ``state``: positions of arguments whose every array leaf, 0-d ones included, is an
+    argument of the program (an eigensolver's state, whose step counter changes every call).
     """
     precise = full_precision(fn)
     programs: collections.OrderedDict = collections.OrderedDict()
+
+    def in_state(args: tuple, kwargs: dict) -> list[bool]:
+        """For each leaf of ``(args, kwargs)``: whether it lies in a ``state`` argument."""
+        marks = [jax.tree.map(lambda _, i=i: i in state, arg) for i, arg in enumerate(args)]
+        return jax.tree.leaves((marks, jax.tree.map(lambda _: False, kwargs)))
 
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
         leaves, treedef = jax.tree.flatten((args, kwargs))
         if not ENABLED or traced(leaves):
             return precise(*args, **kwargs)
-        mask = tuple(_is_argument(leaf) for leaf in leaves)
+        forced = in_state(args, kwargs) if state else [False] * len(leaves)
+        mask = tuple(
+            _is_argument(leaf) or (force and isinstance(leaf, jax.Array | np.ndarray))
+            for leaf, force in zip(leaves, forced, strict=True)
+        )
         # A 0-d JAX array as a NumPy one: operations on it would be staged into the program.
         statics = [
             np.asarray(leaf) if isinstance(leaf, jax.Array) else leaf

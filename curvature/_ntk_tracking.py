@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 
 from curvature._checks import positive_int
+from curvature._compiled import compiled
 from curvature._lobpcg import scaled_lobpcg
 from curvature._norm import norm
 from curvature._ntk import ApplyFn, ntk_operator, output_shape
-from curvature._precision import full_precision
 
 PyTree = Any
 
@@ -147,7 +147,8 @@ def ntk_tracker(
         track = NTKTrack(values, residuals, restart)
         return track, NTKTrackerState(vectors, values, key, jnp.asarray(True))
 
-    return NTKTracker(init, full_precision(update))
+    # Called with concrete arrays (a user's loop), one compiled program per shape.
+    return NTKTracker(init, compiled(update, state=(3,)))
 
 
 __all__ = ["NTKTrack", "NTKTracker", "NTKTrackerState", "ntk_tracker"]

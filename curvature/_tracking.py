@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from curvature._checks import is_integer, positive_int
+from curvature._compiled import compiled
 from curvature._hessian import Eigen, FlatOperator, LossFn, PyTree, hessian_operator
 from curvature._lanczos import (
     canonical_signs,
@@ -28,7 +29,6 @@ from curvature._lanczos import (
 )
 from curvature._lobpcg import scaled_lobpcg
 from curvature._norm import norm
-from curvature._precision import full_precision
 from curvature._small import MAX_JACOBI_SIZE, gram_schmidt_rows, jacobi_eigh
 
 METHODS = ("block", "jax_lobpcg", "lanczos")
@@ -299,7 +299,8 @@ def hessian_tracker(
         )
         return eig, new_state
 
-    return Tracker(init=init, update=full_precision(update))
+    # Called with concrete arrays (a user's loop), one compiled program per shape.
+    return Tracker(init=init, update=compiled(update, state=(2,)))
 
 
 def _default_tol(dtype: jnp.dtype) -> float:

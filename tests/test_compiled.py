@@ -17,14 +17,18 @@ from curvature import (
     gradient_projection,
     hessian_eigh,
     hessian_top_k,
+    hessian_tracker,
     hvp,
     loss_ntk,
     ntk_matrix,
     ntk_spectrum,
+    ntk_tracker,
     spectral_density,
 )
 from curvature._compiled import cached, reused
 from training import TrainConfig, build, context, initial_state
+
+KEY = jax.random.key(0)
 
 
 def _problem(width: int, seed: int = 0):
@@ -72,6 +76,44 @@ def test_an_eager_call_is_one_program_and_equals_the_traced_one(call, compilatio
     with compilations() as seen:
         jax.block_until_ready(call(loss, moved, v))
     assert seen == [] and traces["loss"] == before
+
+
+def test_trackers_in_a_python_loop_compile_once_and_equal_the_traced_ones(compilations):
+    # A user's loop over steps: the tracker's state (its step counter too) is an argument of
+    # one program, not a constant compiled anew at each call (5 s per call eagerly).
+    loss, params, _ = _problem(width=8)
+    x = jax.random.normal(jax.random.key(3), (11, 5))
+
+    def apply(p, x):
+        return jnp.tanh(x @ p["w1"]) @ p["w2"]
+
+    hessian, ntk = hessian_tracker(2), ntk_tracker(1)
+    updates = {  # (params, state) -> (result, state)
+        "hessian": (lambda p, s: hessian.update(loss, p, s), hessian.init(params, KEY)),
+        "ntk": (lambda p, s: ntk.update(apply, p, x, s), ntk.init(apply, params, x, KEY)),
+    }
+    steps = [jax.tree.map(lambda a, s=s: a * (1 + 0.02 * s), params) for s in range(4)]
+
+    def loop(update, state):
+        results = []
+        for p in steps:
+            result, state = update(p, state)
+            results.append(result)
+        return results, state
+
+    final = {}
+    for name, (update, init) in updates.items():
+        update(params, init)  # compiled here
+        with compilations() as seen:
+            eager = loop(update, init)
+        assert seen == []
+        traced = loop(jax.jit(update), init)
+        for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(traced), strict=True):
+            if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+                a, b = jax.random.key_data(a), jax.random.key_data(b)
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        final[name] = eager[1]
+    assert int(final["hessian"].count) == len(steps) and bool(final["ntk"].started)
 
 
 def test_loss_kernel_and_its_spectrum_compile_once_and_keep_the_label_check(compilations):
