@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import inspect
 from collections.abc import Callable, Hashable
 from typing import TypeVar
 
@@ -100,7 +101,7 @@ def reused(fn: F) -> F:
     return wrapped  # type: ignore[return-value]
 
 
-def compiled(fn: F, *, state: tuple[int, ...] = ()) -> F:
+def compiled(fn: F | None = None, /, *, dynamic: tuple[str, ...] = ()) -> F:
     """``fn`` with full-precision products (:func:`full_precision`), and run as one ``jit``
     program when no argument is being traced.
 
@@ -115,26 +116,38 @@ def compiled(fn: F, *, state: tuple[int, ...] = ()) -> F:
     of arrays and decide nothing from the values of its array arguments (it has to run under
     ``jit`` anyway, as it does inside training steps).
 
-    ``state``: positions of arguments whose every array leaf, 0-d ones included, is an
-    argument of the program (an eigensolver's state, whose step counter changes every call).
+    ``dynamic``: names of parameters of ``fn`` whose every array leaf, 0-d ones included, is
+    an argument of the program (a model's parameters, which may hold a scalar; an
+    eigensolver's state, whose step counter changes every call). Used as
+    ``@compiled(dynamic=("params",))``.
     """
+    if fn is None:
+        return functools.partial(compiled, dynamic=dynamic)  # type: ignore[return-value]
     precise = full_precision(fn)
     programs: collections.OrderedDict = collections.OrderedDict()
+    names = list(inspect.signature(fn).parameters)
+    unknown = set(dynamic) - set(names)
+    if unknown:
+        raise TypeError(f"compiled: {fn.__name__} has no parameters {sorted(unknown)}.")
 
-    def in_state(args: tuple, kwargs: dict) -> list[bool]:
-        """For each leaf of ``(args, kwargs)``: whether it lies in a ``state`` argument."""
-        marks = [jax.tree.map(lambda _, i=i: i in state, arg) for i, arg in enumerate(args)]
-        return jax.tree.leaves((marks, jax.tree.map(lambda _: False, kwargs)))
+    def forced(args: tuple, kwargs: dict) -> list[bool]:
+        """For each leaf of ``(args, kwargs)``: whether it lies in a ``dynamic`` argument."""
+        # Fewer positional arguments than parameters where the rest come by name or default.
+        marks = [
+            jax.tree.map(lambda _, n=n: n in dynamic, a) for n, a in zip(names, args, strict=False)
+        ]
+        named = {n: jax.tree.map(lambda _, n=n: n in dynamic, a) for n, a in kwargs.items()}
+        return jax.tree.leaves((marks, named))
 
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
         leaves, treedef = jax.tree.flatten((args, kwargs))
         if not ENABLED or traced(leaves):
             return precise(*args, **kwargs)
-        forced = in_state(args, kwargs) if state else [False] * len(leaves)
+        force = forced(args, kwargs) if dynamic else [False] * len(leaves)
         mask = tuple(
-            _is_argument(leaf) or (force and isinstance(leaf, jax.Array | np.ndarray))
-            for leaf, force in zip(leaves, forced, strict=True)
+            _is_argument(leaf) or (f and isinstance(leaf, jax.Array | np.ndarray))
+            for leaf, f in zip(leaves, force, strict=True)
         )
         # A 0-d JAX array as a NumPy one: operations on it would be staged into the program.
         statics = [
@@ -147,15 +160,15 @@ def compiled(fn: F, *, state: tuple[int, ...] = ()) -> F:
             return precise(*args, **kwargs)
 
         def make() -> Callable:
-            def program(dynamic: list) -> object:
-                arrays, constants = iter(dynamic), iter(statics)
+            def program(inputs: list) -> object:
+                arrays, constants = iter(inputs), iter(statics)
                 merged = [next(arrays) if is_arg else next(constants) for is_arg in mask]
                 call_args, call_kwargs = jax.tree.unflatten(treedef, merged)
                 return precise(*call_args, **call_kwargs)
 
             return jax.jit(program)
 
-        dynamic = [leaf for leaf, is_argument in zip(leaves, mask, strict=True) if is_argument]
-        return cached(programs, key, make)(dynamic)
+        arrays = [leaf for leaf, is_argument in zip(leaves, mask, strict=True) if is_argument]
+        return cached(programs, key, make)(arrays)
 
     return wrapped  # type: ignore[return-value]

@@ -65,7 +65,7 @@ DENSITY_NUM_MATVECS = 80
 the exact eigenvalue histogram in Wasserstein-1 distance (tests/test_density.py)."""
 
 
-@compiled
+@compiled(dynamic=("params",))
 def spectral_density(
     loss_fn: LossFn,
     params: PyTree,

@@ -66,7 +66,7 @@ class FlatOperator(NamedTuple):
     unravel: Callable[[jax.Array], PyTree]
 
 
-@compiled
+@compiled(dynamic=("params", "v"))
 def hvp(loss_fn: LossFn, params: PyTree, v: PyTree) -> PyTree:
     """Hessian-vector product ``H(params) v`` by forward-over-reverse differentiation.
 
@@ -146,7 +146,7 @@ def _check_budget(p: int, itemsize: int, max_bytes: int) -> None:
         )
 
 
-@compiled
+@compiled(dynamic=("params",))
 def hessian_exact(
     loss_fn: LossFn,
     params: PyTree,
@@ -190,7 +190,7 @@ def hessian_exact(
     return 0.5 * (columns + columns.T)
 
 
-@compiled
+@compiled(dynamic=("params",))
 def hessian_eigh(
     loss_fn: LossFn, params: PyTree, *, max_bytes: int = DEFAULT_MAX_BYTES, chunk_size: int = 1
 ) -> Eigen:

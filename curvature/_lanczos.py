@@ -226,7 +226,7 @@ def with_residuals(op: FlatOperator, values: jax.Array, vectors: jax.Array) -> E
     return Eigen(eigenvalues=values, eigenvectors=vectors, residuals=residuals)
 
 
-@compiled
+@compiled(dynamic=("params",))
 def hessian_top_k(
     loss_fn: LossFn,
     params: PyTree,

@@ -30,7 +30,7 @@ class GradientProjection(NamedTuple):
     grad_norm: jax.Array
 
 
-@compiled
+@compiled(dynamic=("params", "grads"))
 def gradient_projection(
     loss_fn: LossFn, params: PyTree, eigenvectors: jax.Array, *, grads: PyTree | None = None
 ) -> GradientProjection:

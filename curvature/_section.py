@@ -118,7 +118,7 @@ def _orthonormal(v1: jax.Array, v2: jax.Array) -> tuple[jax.Array, ...]:
     return u1, u2 / n2, n1, n2, norm(v2)
 
 
-@compiled
+@compiled(dynamic=("params",))
 def _surface(
     loss_fn: LossFn,
     params: PyTree,

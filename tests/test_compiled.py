@@ -78,6 +78,36 @@ def test_an_eager_call_is_one_program_and_equals_the_traced_one(call, compilatio
     assert seen == [] and traces["loss"] == before
 
 
+def test_a_scalar_parameter_is_an_argument_not_a_constant(compilations):
+    # Parameters (and vectors like them) may hold 0-d leaves, a learnt temperature: their
+    # values change every step and must not be baked into the program.
+    x = jax.random.normal(jax.random.key(4), (9, 3))
+
+    def loss(p):
+        return jnp.mean(jnp.tanh(p["t"] * x @ p["w"]) ** 2)
+
+    def at(t):
+        return {"w": jnp.full((3, 4), 0.3), "t": jnp.asarray(t)}
+
+    calls = {
+        "hessian_top_k": lambda p: hessian_top_k(loss, p, 2, num_matvecs=8).eigenvalues,
+        "hvp": lambda p: hvp(loss, p, p),
+        "hessian_eigh": lambda p: hessian_eigh(loss, p).eigenvalues,
+        "gradient_projection": lambda p: (
+            gradient_projection(loss, p, jnp.eye(13)[:2], grads=jax.grad(loss)(p)).components
+        ),
+    }
+    for name, call in calls.items():
+        call(at(1.0))
+        with compilations() as seen:
+            eager = call(at(1.7))
+        assert seen == [], name
+        for a, b in zip(
+            jax.tree.leaves(eager), jax.tree.leaves(jax.jit(call)(at(1.7))), strict=True
+        ):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 def test_trackers_in_a_python_loop_compile_once_and_equal_the_traced_ones(compilations):
     # A user's loop over steps: the tracker's state (its step counter too) is an argument of
     # one program, not a constant compiled anew at each call (5 s per call eagerly).
