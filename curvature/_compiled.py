@@ -15,6 +15,8 @@ from __future__ import annotations
 import collections
 import functools
 import inspect
+import types
+import warnings
 from collections.abc import Callable, Hashable
 from typing import TypeVar
 
@@ -33,6 +35,10 @@ ENABLED = True
 #: Compiled programs kept per decorated function (least recently used first out). Each entry
 #: holds its static arguments (a loss function and what it closes over) alive.
 CACHE_SIZE = 8
+
+#: A decorated function warns (once per code) when it compiles for this many different
+#: function objects made by the same code: a lambda or closure built anew at every call.
+REPEATS_BEFORE_WARNING = 3
 
 
 def cached(
@@ -125,6 +131,7 @@ def compiled(fn: F | None = None, /, *, dynamic: tuple[str, ...] = ()) -> F:
         return functools.partial(compiled, dynamic=dynamic)  # type: ignore[return-value]
     precise = full_precision(fn)
     programs: collections.OrderedDict = collections.OrderedDict()
+    repeats: dict = {}  # same case but the functions -> their ids (see _warn_on_repeats)
     names = list(inspect.signature(fn).parameters)
     unknown = set(dynamic) - set(names)
     if unknown:
@@ -169,6 +176,42 @@ def compiled(fn: F | None = None, /, *, dynamic: tuple[str, ...] = ()) -> F:
             return jax.jit(program)
 
         arrays = [leaf for leaf, is_argument in zip(leaves, mask, strict=True) if is_argument]
+        if key not in programs:
+            _warn_on_repeats(fn.__name__, (treedef, mask), statics, arrays, repeats)
         return cached(programs, key, make)(arrays)
 
     return wrapped  # type: ignore[return-value]
+
+
+def _warn_on_repeats(
+    name: str, structure: Hashable, statics: list, arrays: list, repeats: dict
+) -> None:
+    """Warn (once per case) when a call compiles for the :data:`REPEATS_BEFORE_WARNING`-th
+    function object made by the same code, all else equal: the other constants, and the
+    shapes and dtypes of the arrays. Another model or data shape is not a repeat."""
+    functions = [leaf for leaf in statics if isinstance(leaf, types.FunctionType)]
+    if not functions:
+        return
+    others = tuple(
+        ("code", leaf.__code__) if isinstance(leaf, types.FunctionType) else _static_key(leaf)
+        for leaf in statics
+    )
+    case = (structure, others, tuple((a.shape, str(a.dtype)) for a in arrays))
+    try:
+        seen = repeats.setdefault(case, set())
+    except TypeError:  # unhashable: nothing to compare
+        return
+    if len(seen) >= REPEATS_BEFORE_WARNING:  # warned already; the set stops growing
+        return
+    seen.add(tuple(id(f) for f in functions))
+    if len(seen) == REPEATS_BEFORE_WARNING:
+        code = functions[0].__code__
+        warnings.warn(
+            f"{name} compiled programs for {REPEATS_BEFORE_WARNING} different functions made "
+            f"by the same code ({code.co_name!r}, {code.co_filename}:{code.co_firstlineno}) "
+            "with arguments of the same shapes: a lambda or closure built anew at every call "
+            "is a new constant each time, and each one costs a compilation. Build the "
+            "function once, or pass jax.tree_util.Partial(f, *arrays), whose arrays are the "
+            "program's arguments.",
+            stacklevel=3,
+        )

@@ -6,6 +6,7 @@ These tests count XLA compilations rather than time them.
 """
 
 import collections
+import warnings
 
 import jax
 import jax.flatten_util
@@ -250,3 +251,29 @@ def test_contexts_of_one_problem_share_their_programs(compilations):
     for a, b, c in zip(*map(jax.tree.leaves, (again, expected, first)), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
         assert not np.allclose(a, c)
+
+
+def test_a_loss_rebuilt_at_every_call_is_named_in_a_warning(compilations):
+    loss, params, _ = _problem(width=10)
+    batches = [jax.random.normal(jax.random.key(i), (6, 10)) for i in range(4)]
+
+    def batch_loss(p, b):
+        return loss(p) + jnp.mean(b @ p["w2"]) ** 2
+
+    with pytest.warns(
+        UserWarning, match=r"hessian_top_k compiled programs for 3 different.*Partial"
+    ):
+        for b in batches[:3]:  # a new closure per call: three compilations, then the warning
+            hessian_top_k(lambda p, b=b: batch_loss(p, b), params, 1, num_matvecs=6)
+    # The advice works: one program for every batch, and no warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hessian_top_k(jax.tree_util.Partial(batch_loss, b=batches[0]), params, 1, num_matvecs=6)
+        with compilations() as seen:
+            for b in batches[1:]:
+                partial = jax.tree_util.Partial(batch_loss, b=b)
+                hessian_top_k(partial, params, 1, num_matvecs=6)
+        # The same function again for other shapes or options is not a repeat.
+        for m in (5, 7, 8):
+            hessian_top_k(loss, params, 1, num_matvecs=m)
+    assert seen == []
