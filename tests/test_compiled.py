@@ -260,20 +260,18 @@ def test_a_loss_rebuilt_at_every_call_is_named_in_a_warning(compilations):
     def batch_loss(p, b):
         return loss(p) + jnp.mean(b @ p["w2"]) ** 2
 
-    with pytest.warns(
-        UserWarning, match=r"hessian_top_k compiled programs for 3 different.*Partial"
-    ):
+    with pytest.warns(UserWarning, match=r"hvp compiled programs for 3 different.*Partial"):
         for b in batches[:3]:  # a new closure per call: three compilations, then the warning
-            hessian_top_k(lambda p, b=b: batch_loss(p, b), params, 1, num_matvecs=6)
+            hvp(lambda p, b=b: batch_loss(p, b), params, params)
     # The advice works: one program for every batch, and no warning.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        hessian_top_k(jax.tree_util.Partial(batch_loss, b=batches[0]), params, 1, num_matvecs=6)
+        hvp(jax.tree_util.Partial(batch_loss, b=batches[0]), params, params)
         with compilations() as seen:
             for b in batches[1:]:
-                partial = jax.tree_util.Partial(batch_loss, b=b)
-                hessian_top_k(partial, params, 1, num_matvecs=6)
-        # The same function again for other shapes or options is not a repeat.
-        for m in (5, 7, 8):
-            hessian_top_k(loss, params, 1, num_matvecs=m)
-    assert seen == []
+                hvp(jax.tree_util.Partial(batch_loss, b=b), params, params)
+        assert seen == []
+        # Closures of the same code over models of other shapes are not repeats.
+        for width in (3, 4, 5):
+            other, other_params, _ = _problem(width=width)
+            hvp(other, other_params, other_params)
