@@ -420,28 +420,53 @@ def _eigen_table(result, variable: str, index_dim: str, limit: int = 12) -> str:
     return _table(rows, header)
 
 
+def _each_run(args: argparse.Namespace) -> list[tuple[str, list[int] | None]]:
+    """The runs named on the command line with their selected steps, all checked before any
+    is analysed (writable folder, steps that are saved checkpoints of each); post-hoc result
+    files of runs among them (a glob's ``RUN.hessian.nc``) are skipped."""
+    from analysis._map import select_steps
+
+    args.runs = _without_results(args.runs)
+    selected = []
+    for run in args.runs:
+        _check_writable(run)
+        with open_run(run, siblings=False) as ds:
+            steps = parse_steps(args.steps, ds["checkpoint_step"].values)
+            if steps is not None and len(args.runs) > 1:
+                try:
+                    select_steps(ds, steps)
+                except ValueError as error:
+                    raise ValueError(f"{run}: {error}") from None
+        selected.append((run, steps))
+    return selected
+
+
+def _run_header(args: argparse.Namespace, run: str) -> None:
+    if len(args.runs) > 1:
+        print(f"\n{run}")
+
+
 def _cmd_hessian(args: argparse.Namespace) -> int:
     from analysis._trajectories import hessian_trajectory
     from training import sibling_path
 
-    _check_writable(args.run)
-    ds = open_run(args.run)
-    steps = parse_steps(args.steps, ds["checkpoint_step"].values)
-    result = hessian_trajectory(
-        args.run,
-        steps=steps,
-        k=args.k,
-        warm=not args.cold,
-        projection=not args.no_projection,
-        density=args.density,
-        append=True,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-    )
-    print(_eigen_table(result, "hessian_eigenvalues", "eigen_index"))
-    worst = float(np.nanmax(result["hessian_residuals"].values))
-    print(f"largest residual ||Hv - λv||: {worst:.3g}")
-    print(f"wrote {sibling_path(args.run, 'hessian')}")
+    for run, steps in _each_run(args):
+        result = hessian_trajectory(
+            run,
+            steps=steps,
+            k=args.k,
+            warm=not args.cold,
+            projection=not args.no_projection,
+            density=args.density,
+            append=True,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+        _run_header(args, run)
+        print(_eigen_table(result, "hessian_eigenvalues", "eigen_index"))
+        worst = float(np.nanmax(result["hessian_residuals"].values))
+        print(f"largest residual ||Hv - λv||: {worst:.3g}")
+        print(f"wrote {sibling_path(run, 'hessian')}")
     return 0
 
 
@@ -451,31 +476,30 @@ def _cmd_ntk(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         raise ValueError(f"--k must be a positive integer (got {args.k}).")
-    _check_writable(args.run)
-    ds = open_run(args.run)
-    steps = parse_steps(args.steps, ds["checkpoint_step"].values)
-    result = ntk_trajectory(
-        args.run,
-        steps=steps,
-        k=args.k,
-        full=args.full,
-        eigenvectors=args.eigenvectors,
-        subset=args.subset,
-        append=True,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-    )
-    if args.full:
-        shown = result[["ntk_spectrum"]].isel(ntk_mode=slice(0, args.k))
-        print(_eigen_table(shown, "ntk_spectrum", "ntk_mode"))
-        factors = result["ntk_stability_factors"].values
-        print(
-            f"modes with factor 1 - ηλ/N below -1 (divergent) at the last step: "
-            f"{int(np.sum(factors[-1] < -1))} of {factors.shape[-1]}"
+    for run, steps in _each_run(args):
+        result = ntk_trajectory(
+            run,
+            steps=steps,
+            k=args.k,
+            full=args.full,
+            eigenvectors=args.eigenvectors,
+            subset=args.subset,
+            append=True,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
         )
-    else:
-        print(_eigen_table(result, "ntk_eigenvalues", "ntk_eigen_index"))
-    print(f"wrote {sibling_path(args.run, 'ntk')}")
+        _run_header(args, run)
+        if args.full:
+            shown = result[["ntk_spectrum"]].isel(ntk_mode=slice(0, args.k))
+            print(_eigen_table(shown, "ntk_spectrum", "ntk_mode"))
+            factors = result["ntk_stability_factors"].values
+            print(
+                f"modes with factor 1 - ηλ/N below -1 (divergent) at the last step: "
+                f"{int(np.sum(factors[-1] < -1))} of {factors.shape[-1]}"
+            )
+        else:
+            print(_eigen_table(result, "ntk_eigenvalues", "ntk_eigen_index"))
+        print(f"wrote {sibling_path(run, 'ntk')}")
     return 0
 
 
@@ -802,6 +826,10 @@ def build_parser() -> argparse.ArgumentParser:
     mp.set_defaults(func=_cmd_map)
 
     steps_help = "checkpoint steps: integers or start:stop[:stride] (default: all)"
+    several_runs = (
+        "run file(s) (.nc); several runs of one study (learning rates, amplitudes) share "
+        "their compiled programs, compiled once"
+    )
     hs = sub.add_parser(
         "hessian",
         help="top-k Hessian eigenvalues (and density) at saved checkpoints",
@@ -813,9 +841,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_examples("""
             dynloss hessian runs/demo/demo.nc --k 3
             dynloss hessian runs/demo/demo.nc --steps 8000:16001:1000 --density
+            dynloss hessian runs/lr/*.nc --k 1
         """),
     )
-    hs.add_argument("run", help="run file (.nc)")
+    hs.add_argument("runs", nargs="+", metavar="run", help=several_runs)
     hs.add_argument("--steps", nargs="+", default=None, help=steps_help)
     hs.add_argument("--k", type=int, default=3, help="number of eigenvalues (default 3)")
     hs.add_argument("--density", action="store_true", help="also the SLQ spectral density")
@@ -840,7 +869,7 @@ def build_parser() -> argparse.ArgumentParser:
             dynloss ntk runs/big.nc --full --subset 100
         """),
     )
-    nk.add_argument("run", help="run file (.nc)")
+    nk.add_argument("runs", nargs="+", metavar="run", help=several_runs)
     nk.add_argument("--steps", nargs="+", default=None, help=steps_help)
     nk.add_argument("--k", type=int, default=3, help="number of eigenvalues (default 3)")
     nk.add_argument("--full", action="store_true", help="form and diagonalise the whole kernel")

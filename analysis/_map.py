@@ -54,7 +54,7 @@ def integer_steps(steps: Sequence[int] | np.ndarray | int) -> np.ndarray:
     return values.astype(np.int64)
 
 
-def _select_steps(ds: xr.Dataset, steps: Sequence[int] | None) -> np.ndarray:
+def select_steps(ds: xr.Dataset, steps: Sequence[int] | None) -> np.ndarray:
     saved = np.asarray(ds["checkpoint_step"].values, np.int64)
     if steps is None:
         return saved
@@ -166,7 +166,7 @@ def map_checkpoints(
     ds = open_run(run) if opened else run
     try:
         config = config_of(ds)
-        selected = _select_steps(ds, steps).tolist()
+        selected = select_steps(ds, steps).tolist()
     except Exception:
         if opened:
             ds.close()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from analysis import hessian_trajectory
 from analysis._cli import main, parse_steps
 from training import TrainConfig, open_run, train
 
@@ -190,6 +191,35 @@ def test_detect_hessian_ntk(lr_runs, capsys):
         assert ds[f"{name}_hessian"].dtype == ds[name].dtype == np.float32, name
     for dim in ds["hessian_eigenvalues_hessian"].dims[1:] + ds["hessian_eigenvalues"].dims[1:]:
         assert ds[dim].dtype == np.int32, dim
+
+
+def test_hessian_and_ntk_take_several_runs(lr_runs, tmp_path, capsys):
+    # One command for a learning-rate study: every run is checked first, then analysed in one
+    # process (their programs compiled once); a glob's result files are skipped.
+    runs = []
+    for run in lr_runs:
+        runs.append(tmp_path / run.name)
+        runs[-1].write_bytes(run.read_bytes())
+    first, second = map(str, runs)
+    # Step 3000 is saved in the first run only (the second has 2500 steps): nothing is written.
+    assert main(["hessian", first, second, "--steps", "0", "3000", "--k", "1", "--quiet"]) == 2
+    assert "lr2.nc: steps [3000] are not saved checkpoints" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.glob("*.nc")) == ["lr1.nc", "lr2.nc"]
+    assert main(["hessian", first, second, "--steps", "0:2001:1000", "--k", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"\n{first}\n" in out and f"\n{second}\n" in out
+    assert out.count("wrote") == 2
+    for run in runs:
+        alone = hessian_trajectory(run, steps=[0, 1000, 2000], k=1)
+        with xr.open_dataset(run.with_suffix(".hessian.nc")) as written:
+            np.testing.assert_array_equal(
+                written["hessian_eigenvalues"], alone["hessian_eigenvalues"]
+            )
+    everything = sorted(map(str, tmp_path.glob("*.nc")))  # lr1.hessian.nc, lr1.nc, ...
+    assert main(["ntk", *everything, "--steps", "1000", "--k", "1", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "skipping 2 post-hoc result file(s)" in captured.err
+    assert all((tmp_path / f"{run.stem}.ntk.nc").exists() for run in runs)
 
 
 def test_fit_and_plots(lr_runs, tmp_path, capsys):
