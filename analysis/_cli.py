@@ -421,18 +421,19 @@ def _eigen_table(result, variable: str, index_dim: str, limit: int = 12) -> str:
 
 
 def _each_run(args: argparse.Namespace) -> list[tuple[str, list[int] | None]]:
-    """The runs named on the command line with their selected steps, all checked before any
-    is analysed (writable folder, steps that are saved checkpoints of each); post-hoc result
-    files of runs among them (a glob's ``RUN.hessian.nc``) are skipped."""
+    """The runs named on the command line with their selected steps. Post-hoc result files
+    of runs among them (a glob's ``RUN.hessian.nc``) are skipped; every run's file, folder
+    and steps are checked before any is analysed (options are checked run by run, as each
+    is analysed)."""
     from analysis._map import select_steps
 
-    args.runs = _without_results(args.runs)
+    runs = _without_results(args.runs)
     selected = []
-    for run in args.runs:
+    for run in runs:
         _check_writable(run)
         with open_run(run, siblings=False) as ds:
             steps = parse_steps(args.steps, ds["checkpoint_step"].values)
-            if steps is not None and len(args.runs) > 1:
+            if steps is not None and len(runs) > 1:
                 try:
                     select_steps(ds, steps)
                 except ValueError as error:
@@ -441,8 +442,8 @@ def _each_run(args: argparse.Namespace) -> list[tuple[str, list[int] | None]]:
     return selected
 
 
-def _run_header(args: argparse.Namespace, run: str) -> None:
-    if len(args.runs) > 1:
+def _run_header(selected: list, run: str) -> None:
+    if len(selected) > 1:
         print(f"\n{run}")
 
 
@@ -450,7 +451,8 @@ def _cmd_hessian(args: argparse.Namespace) -> int:
     from analysis._trajectories import hessian_trajectory
     from training import sibling_path
 
-    for run, steps in _each_run(args):
+    selected = _each_run(args)
+    for run, steps in selected:
         result = hessian_trajectory(
             run,
             steps=steps,
@@ -462,7 +464,7 @@ def _cmd_hessian(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=not args.quiet,
         )
-        _run_header(args, run)
+        _run_header(selected, run)
         print(_eigen_table(result, "hessian_eigenvalues", "eigen_index"))
         worst = float(np.nanmax(result["hessian_residuals"].values))
         print(f"largest residual ||Hv - λv||: {worst:.3g}")
@@ -476,7 +478,8 @@ def _cmd_ntk(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         raise ValueError(f"--k must be a positive integer (got {args.k}).")
-    for run, steps in _each_run(args):
+    selected = _each_run(args)
+    for run, steps in selected:
         result = ntk_trajectory(
             run,
             steps=steps,
@@ -488,7 +491,7 @@ def _cmd_ntk(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=not args.quiet,
         )
-        _run_header(args, run)
+        _run_header(selected, run)
         if args.full:
             shown = result[["ntk_spectrum"]].isel(ntk_mode=slice(0, args.k))
             print(_eigen_table(shown, "ntk_spectrum", "ntk_mode"))

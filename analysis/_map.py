@@ -267,8 +267,9 @@ class _Programs(NamedTuple):
     """The jitted functions of one diagnostic on one problem, and the plain ones they wrap.
 
     The plain functions take the run's :class:`training.Problem` (its hyperparameters as
-    constants); the jitted ones take its :class:`training.Hyper` as an argument instead, so
-    that runs differing only in those values can share them (``share_programs``).
+    constants); the jitted ones take its :class:`training.Hyper` as well, used in place of
+    the problem's with ``share_programs`` (runs differing only in those values then share
+    them) and ignored otherwise (the values stay constants of the program).
     """
 
     fn: Any  # the diagnostic as given: held so that its id, part of the key, stays its own
@@ -314,6 +315,8 @@ def _programs_of(
             return metric.update(ctx_at(run, flat, step), state)
 
         def with_hyper(plain: Callable) -> Callable:
+            if not share:  # the run's own values as constants, as a user's diagnostic saw them
+                return lambda flat, step, hyper, *rest: plain(problem, flat, step, *rest)
             return lambda flat, step, hyper, *rest: plain(
                 specialise(problem, hyper), flat, step, *rest
             )

@@ -15,9 +15,12 @@ from __future__ import annotations
 import collections
 import functools
 import inspect
+import os
+import sys
 import types
 import warnings
 from collections.abc import Callable, Hashable
+from pathlib import Path
 from typing import TypeVar
 
 import jax
@@ -36,9 +39,17 @@ ENABLED = True
 #: holds its static arguments (a loss function and what it closes over) alive.
 CACHE_SIZE = 8
 
-#: A decorated function warns (once per code) when it compiles for this many different
-#: function objects made by the same code: a lambda or closure built anew at every call.
+#: A decorated function warns (once per case) when it compiles for this many different
+#: function objects made by the same code of a user's, all else equal: a lambda or closure
+#: built anew at every call.
 REPEATS_BEFORE_WARNING = 3
+
+#: Folders of this project's packages: functions made there (a model's ``apply``) are not the
+#: user's to rebuild, and warnings point at the first frame outside them.
+_OURS = tuple(
+    str(Path(__file__).resolve().parent.parent / package) + os.sep
+    for package in ("analysis", "curvature", "schedules", "training")
+)
 
 
 def cached(
@@ -131,20 +142,23 @@ def compiled(fn: F | None = None, /, *, dynamic: tuple[str, ...] = ()) -> F:
         return functools.partial(compiled, dynamic=dynamic)  # type: ignore[return-value]
     precise = full_precision(fn)
     programs: collections.OrderedDict = collections.OrderedDict()
-    repeats: dict = {}  # same case but the functions -> their ids (see _warn_on_repeats)
+    repeats: collections.OrderedDict = collections.OrderedDict()  # see _warn_on_repeats
     names = list(inspect.signature(fn).parameters)
     unknown = set(dynamic) - set(names)
     if unknown:
         raise TypeError(f"compiled: {fn.__name__} has no parameters {sorted(unknown)}.")
 
-    def forced(args: tuple, kwargs: dict) -> list[bool]:
-        """For each leaf of ``(args, kwargs)``: whether it lies in a ``dynamic`` argument."""
-        # Fewer positional arguments than parameters where the rest come by name or default.
-        marks = [
-            jax.tree.map(lambda _, n=n: n in dynamic, a) for n, a in zip(names, args, strict=False)
-        ]
-        named = {n: jax.tree.map(lambda _, n=n: n in dynamic, a) for n, a in kwargs.items()}
-        return jax.tree.leaves((marks, named))
+    def forced(args: tuple, kwargs: dict) -> list[bool] | None:
+        """For each leaf of ``jax.tree.flatten((args, kwargs))``: whether it lies in a
+        ``dynamic`` argument; None for a call ``fn`` itself must refuse (too many arguments)."""
+        if len(args) > len(names):
+            return None
+        marks: list[bool] = []
+        for name, arg in zip(names, args, strict=False):  # the rest by name or default
+            marks += [name in dynamic] * len(jax.tree.leaves(arg))
+        for name in sorted(kwargs):  # a dict flattens in the order of its sorted keys
+            marks += [name in dynamic] * len(jax.tree.leaves(kwargs[name]))
+        return marks
 
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
@@ -152,6 +166,8 @@ def compiled(fn: F | None = None, /, *, dynamic: tuple[str, ...] = ()) -> F:
         if not ENABLED or traced(leaves):
             return precise(*args, **kwargs)
         force = forced(args, kwargs) if dynamic else [False] * len(leaves)
+        if force is None or len(force) != len(leaves):  # let fn raise its own TypeError
+            return precise(*args, **kwargs)
         mask = tuple(
             _is_argument(leaf) or (f and isinstance(leaf, jax.Array | np.ndarray))
             for leaf, f in zip(leaves, force, strict=True)
@@ -187,9 +203,14 @@ def _warn_on_repeats(
     name: str, structure: Hashable, statics: list, arrays: list, repeats: dict
 ) -> None:
     """Warn (once per case) when a call compiles for the :data:`REPEATS_BEFORE_WARNING`-th
-    function object made by the same code, all else equal: the other constants, and the
-    shapes and dtypes of the arrays. Another model or data shape is not a repeat."""
-    functions = [leaf for leaf in statics if isinstance(leaf, types.FunctionType)]
+    function object made by the same code of the user's, all else equal: the other
+    constants, and the shapes and dtypes of the arrays. Another model or data shape is not a
+    repeat, nor are functions this project makes (they are not the user's to rebuild)."""
+    functions = [
+        leaf
+        for leaf in statics
+        if isinstance(leaf, types.FunctionType) and not leaf.__code__.co_filename.startswith(_OURS)
+    ]
     if not functions:
         return
     others = tuple(
@@ -198,7 +219,7 @@ def _warn_on_repeats(
     )
     case = (structure, others, tuple((a.shape, str(a.dtype)) for a in arrays))
     try:
-        seen = repeats.setdefault(case, set())
+        seen = cached(repeats, case, set, size=64)
     except TypeError:  # unhashable: nothing to compare
         return
     if len(seen) >= REPEATS_BEFORE_WARNING:  # warned already; the set stops growing
@@ -213,5 +234,14 @@ def _warn_on_repeats(
             "is a new constant each time, and each one costs a compilation. Build the "
             "function once, or pass jax.tree_util.Partial(f, *arrays), whose arrays are the "
             "program's arguments.",
-            stacklevel=3,
+            stacklevel=_first_frame_outside(),
         )
+
+
+def _first_frame_outside() -> int:
+    """The ``stacklevel`` of the innermost caller outside this project's packages, counted
+    as ``warnings.warn`` counts it when called by this function's caller."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_OURS):
+        frame, level = frame.f_back, level + 1
+    return level

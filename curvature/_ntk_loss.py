@@ -199,7 +199,7 @@ def loss_ntk(
     return _weighted_kernel(apply_fn, params, x, labels, kernel, loss=loss, weights=weights)
 
 
-@compiled
+@compiled(dynamic=("params", "weights"))
 def _weighted_kernel(
     apply_fn: ApplyFn,
     params: PyTree,

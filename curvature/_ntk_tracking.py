@@ -148,7 +148,7 @@ def ntk_tracker(
         return track, NTKTrackerState(vectors, values, key, jnp.asarray(True))
 
     # Called with concrete arrays (a user's loop), one compiled program per shape.
-    return NTKTracker(init, compiled(update, dynamic=("state",)))
+    return NTKTracker(init, compiled(update, dynamic=("params", "x", "state")))
 
 
 __all__ = ["NTKTrack", "NTKTracker", "NTKTrackerState", "ntk_tracker"]

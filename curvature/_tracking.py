@@ -300,7 +300,7 @@ def hessian_tracker(
         return eig, new_state
 
     # Called with concrete arrays (a user's loop), one compiled program per shape.
-    return Tracker(init=init, update=compiled(update, dynamic=("state",)))
+    return Tracker(init=init, update=compiled(update, dynamic=("params", "state")))
 
 
 def _default_tol(dtype: jnp.dtype) -> float:

@@ -260,9 +260,10 @@ def test_a_loss_rebuilt_at_every_call_is_named_in_a_warning(compilations):
     def batch_loss(p, b):
         return loss(p) + jnp.mean(b @ p["w2"]) ** 2
 
-    with pytest.warns(UserWarning, match=r"hvp compiled programs for 3 different.*Partial"):
+    with pytest.warns(UserWarning, match=r"hvp compiled programs for 3 different.*Partial") as got:
         for b in batches[:3]:  # a new closure per call: three compilations, then the warning
             hvp(lambda p, b=b: batch_loss(p, b), params, params)
+    assert got[0].filename == __file__  # points at the user's call, not inside the library
     # The advice works: one program for every batch, and no warning.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -275,3 +276,45 @@ def test_a_loss_rebuilt_at_every_call_is_named_in_a_warning(compilations):
         for width in (3, 4, 5):
             other, other_params, _ = _problem(width=width)
             hvp(other, other_params, other_params)
+
+
+def test_a_scalar_parameter_is_an_argument_of_the_trackers_too(compilations):
+    x = jax.random.normal(jax.random.key(6), (9, 3))
+
+    def apply(p, x):
+        return jnp.tanh(p["t"] * x @ p["w"])
+
+    def loss(p):
+        return jnp.mean(apply(p, x) ** 2)
+
+    def at(t):
+        return {"w": jnp.full((3, 4), 0.3), "t": jnp.asarray(t)}
+
+    hessian, ntk = hessian_tracker(1), ntk_tracker(1)
+    h_state, n_state = hessian.init(at(1.0), KEY), ntk.init(apply, at(1.0), x, KEY)
+    _, h_state = hessian.update(loss, at(1.0), h_state)
+    _, n_state = ntk.update(apply, at(1.0), x, n_state)
+    moved, other_x = at(1.3), x * 1.1
+    with compilations() as seen:
+        hessian.update(loss, moved, h_state)
+        ntk.update(apply, moved, other_x, n_state)
+    assert seen == []
+
+
+def test_too_many_arguments_are_the_functions_own_error():
+    loss, params, _ = _problem(width=3)
+    with pytest.raises(TypeError, match="positional argument"):
+        hvp(loss, params, params, params)
+
+
+def test_functions_this_project_makes_are_not_repeats(recwarn):
+    # A model's apply is made per problem (runs differing in learning rate): not the user's
+    # to rebuild, so no warning about it.
+    config = TrainConfig(hidden_widths=(5,), points_per_class=8)
+    for eta in (1.0, 0.5, 0.25):
+        problem = build(config.replace(learning_rate=eta))
+        params = initial_state(problem)[0]
+        labels = jnp.asarray(problem.data.y_train)
+        x = jnp.asarray(problem.data.x_train)
+        loss_ntk(problem.model.apply, params, x, labels, loss="ce")
+    assert not [w for w in recwarn if "compiled programs for" in str(w.message)]

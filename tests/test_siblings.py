@@ -354,6 +354,14 @@ def test_analysing_a_run_again_compiles_nothing(runs, compilations):
     )
 
 
+def learning_rate_of(ctx):
+    return ctx.learning_rate
+
+
+def configured_learning_rate(ctx):
+    return ctx.config.learning_rate
+
+
 def test_runs_differing_in_learning_rate_share_the_trajectories_programs(runs, compilations):
     # A learning-rate study: the built-in trajectories take the learning rate, Γ's amplitude
     # and period as arguments of their programs, so a neighbour run compiles nothing new, and
@@ -362,27 +370,34 @@ def test_runs_differing_in_learning_rate_share_the_trajectories_programs(runs, c
     third = second.parent / "amplitude=8.nc"
     train(TINY.replace(learning_rate=0.5, amplitude=8.0, period=30.0, output=str(third)))
     hessian_trajectory(first, steps=[20, 40], k=1)
-    ntk_trajectory(first, steps=[20], k=1)
+    full = {first: ntk_trajectory(first, steps=[20], full=True)}
     with compilations() as seen:
-        shared = hessian_trajectory(second, steps=[20, 40], k=1)
-        shared_ntk = ntk_trajectory(second, steps=[20], k=1)
-        hessian_trajectory(third, steps=[20, 40], k=1)
+        shared = {run: hessian_trajectory(run, steps=[20, 40], k=1) for run in (second, third)}
+        full[third] = ntk_trajectory(third, steps=[20], full=True)
     assert seen == []
-    map_module._PROGRAMS.clear()
+    for run in (second, third):
+        map_module._PROGRAMS.clear()
+        with compilations() as seen:
+            alone = hessian_trajectory(run, steps=[20, 40], k=1)
+        assert seen  # compiled again: the values above did not come from elsewhere
+        for var in ("hessian_eigenvalues", "hessian_residuals", "grad_projection"):
+            np.testing.assert_array_equal(shared[run][var], alone[var])
+    # The full NTK's stability factors 1 - ηλ/N use each run's own η (1 and 0.5).
+    samples = TINY.points_per_class * TINY.num_classes
+    for run, eta in ((first, 1.0), (third, 0.5)):
+        spectrum = full[run]["ntk_spectrum"].values
+        np.testing.assert_allclose(
+            full[run]["ntk_stability_factors"].values, 1 - eta * spectrum / samples, rtol=1e-6
+        )
+    # A diagnostic of one's own: shared, it sees each run's η in ctx.learning_rate; not
+    # shared, its run's configuration in ctx.config.
+    map_checkpoints(first, learning_rate_of, share_programs=True)
     with compilations() as seen:
-        alone = hessian_trajectory(second, steps=[20, 40], k=1)
-    assert seen  # compiled again: the values above did not come from elsewhere
-    for var in ("hessian_eigenvalues", "hessian_residuals", "grad_projection"):
-        np.testing.assert_array_equal(shared[var], alone[var])
-    map_module._PROGRAMS.clear()
-    np.testing.assert_array_equal(
-        shared_ntk["ntk_eigenvalues"], ntk_trajectory(second, steps=[20], k=1)["ntk_eigenvalues"]
-    )
-    # A user's diagnostic reads its own run's configuration unless it shares programs.
-    lr = map_checkpoints(second, lambda ctx: ctx.config.learning_rate, name="lr", steps=[20])
-    assert float(lr["lr"][0]) == 1.5
-    eta = map_checkpoints(third, lambda ctx: ctx.learning_rate, name="eta", share_programs=True)
-    assert np.all(eta["eta"] == 0.5)
+        eta = map_checkpoints(third, learning_rate_of, share_programs=True)
+    assert seen == [] and np.all(eta["learning_rate_of"] == 0.5)
+    for run, eta in ((first, 1.0), (second, 1.5)):
+        configured = map_checkpoints(run, configured_learning_rate, steps=[20])
+        assert float(configured["configured_learning_rate"][0]) == eta
     # Γ (amplitude and period) comes from each run's own values through a shared program.
     for run in (first, third):
         got = map_checkpoints(run, loss_value, steps=[0, 20, 40], share_programs=True)
