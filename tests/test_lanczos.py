@@ -12,6 +12,12 @@ from curvature import hessian_eigh, hessian_top_k, lanczos, unravel_eigenvectors
 GAMMA = (2.5, 0.25, 0.25)
 
 
+def _weighted_ce(p, *, x, y, weights):
+    out = jax.nn.relu(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(out), y[:, None], 1)[:, 0]
+    return jnp.mean(weights * nll)
+
+
 def spiral_problem(width, dtype, steps=(0, 150, 300), seed=0):
     """Spiral (3 arms x 100 points), 1-hidden-layer ReLU MLP, class-weighted CE, GD at lr 1.
 
@@ -28,11 +34,8 @@ def spiral_problem(width, dtype, steps=(0, 150, 300), seed=0):
     x = jnp.asarray(np.concatenate(xs), dtype)
     y = jnp.asarray(np.concatenate(ys))
     weights = jnp.asarray(GAMMA, dtype)[y]
-
-    def loss(p):
-        out = jax.nn.relu(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
-        nll = -jnp.take_along_axis(jax.nn.log_softmax(out), y[:, None], 1)[:, 0]
-        return jnp.mean(weights * nll)
+    # The data as arrays of a Partial: every problem of one shape shares the compiled programs.
+    loss = jax.tree_util.Partial(_weighted_ce, x=x, y=y, weights=weights)
 
     k1, k2 = jax.random.split(jax.random.key(seed))
     params = {
