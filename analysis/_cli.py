@@ -423,8 +423,7 @@ def _eigen_table(result, variable: str, index_dim: str, limit: int = 12) -> str:
 def _each_run(args: argparse.Namespace) -> list[tuple[str, list[int] | None]]:
     """The runs named on the command line with their selected steps. Post-hoc result files
     of runs among them (a glob's ``RUN.hessian.nc``) are skipped; every run's file, folder
-    and steps are checked before any is analysed (options are checked run by run, as each
-    is analysed)."""
+    and steps are checked here, before any is analysed (and its options by the caller)."""
     from analysis._map import select_steps
 
     runs = _without_results(args.runs)
@@ -442,28 +441,38 @@ def _each_run(args: argparse.Namespace) -> list[tuple[str, list[int] | None]]:
     return selected
 
 
+def _for_run(run: str, selected: list, check: Callable, **options: typing.Any) -> None:
+    """``check(run, **options)``; with several runs, its errors name the run."""
+    try:
+        check(run, **options)
+    except (ValueError, FileExistsError) as error:
+        if len(selected) == 1:
+            raise
+        raise type(error)(f"{run}: {error}") from None
+
+
 def _run_header(selected: list, run: str) -> None:
     if len(selected) > 1:
         print(f"\n{run}")
 
 
 def _cmd_hessian(args: argparse.Namespace) -> int:
-    from analysis._trajectories import hessian_trajectory
+    from analysis._trajectories import hessian_request, hessian_trajectory
     from training import sibling_path
 
+    options = {
+        "k": args.k,
+        "warm": not args.cold,
+        "projection": not args.no_projection,
+        "density": args.density,
+        "append": True,
+        "overwrite": args.overwrite,
+    }
     selected = _each_run(args)
+    for run, steps in selected:  # every run's options checked before the first is analysed
+        _for_run(run, selected, hessian_request, steps=steps, **options)
     for run, steps in selected:
-        result = hessian_trajectory(
-            run,
-            steps=steps,
-            k=args.k,
-            warm=not args.cold,
-            projection=not args.no_projection,
-            density=args.density,
-            append=True,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-        )
+        result = hessian_trajectory(run, steps=steps, progress=not args.quiet, **options)
         _run_header(selected, run)
         print(_eigen_table(result, "hessian_eigenvalues", "eigen_index"))
         worst = float(np.nanmax(result["hessian_residuals"].values))
@@ -473,24 +482,24 @@ def _cmd_hessian(args: argparse.Namespace) -> int:
 
 
 def _cmd_ntk(args: argparse.Namespace) -> int:
-    from analysis._trajectories import ntk_trajectory
+    from analysis._trajectories import ntk_request, ntk_trajectory
     from training import sibling_path
 
     if args.k < 1:
         raise ValueError(f"--k must be a positive integer (got {args.k}).")
+    options = {
+        "k": args.k,
+        "full": args.full,
+        "eigenvectors": args.eigenvectors,
+        "subset": args.subset,
+        "append": True,
+        "overwrite": args.overwrite,
+    }
     selected = _each_run(args)
+    for run, _ in selected:  # every run's options checked before the first is analysed
+        _for_run(run, selected, ntk_request, **options)
     for run, steps in selected:
-        result = ntk_trajectory(
-            run,
-            steps=steps,
-            k=args.k,
-            full=args.full,
-            eigenvectors=args.eigenvectors,
-            subset=args.subset,
-            append=True,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-        )
+        result = ntk_trajectory(run, steps=steps, progress=not args.quiet, **options)
         _run_header(selected, run)
         if args.full:
             shown = result[["ntk_spectrum"]].isel(ntk_mode=slice(0, args.k))

@@ -101,6 +101,52 @@ def _config_and_size(run: xr.Dataset | str | Path) -> tuple[TrainConfig, int]:
     return config_of(run), run.sizes["param"]
 
 
+def hessian_request(
+    run: xr.Dataset | str | Path,
+    *,
+    steps: Sequence[int] | None = None,
+    k: int = 3,
+    warm: bool = True,
+    projection: bool = True,
+    density: bool = False,
+    num_probes: int = 8,
+    density_num_matvecs: int | None = None,
+    num_points: int = 400,
+    sigma: float | None = None,
+    append: bool = False,
+    overwrite: bool = False,
+    **options: Any,
+) -> tuple[list[int] | Sequence[int] | None, dict, dict]:
+    """The checks of :func:`hessian_trajectory` (same arguments and defaults, compared in
+    tests/test_cli.py), made before anything is computed: ``(steps, solver options, recorded
+    options)``. The command line makes them for every run it is given before it analyses
+    the first."""
+    config, num_params = _config_and_size(run)
+    dtype = config.dtype
+    check_k(k, num_params)  # before anything is computed or refused for other reasons
+    if warm and options.get("method", "block") == "block" and k > max_tracked_k(num_params):
+        raise ValueError(
+            f"k must be <= P/2 = {num_params // 2} for the warm-started tracker (got {k}; P = "
+            f"{num_params} parameters): it needs room for a residual block beside the vectors. "
+            "Use warm=False (--cold on the command line) for k up to P."
+        )
+    if warm:
+        eps = float(np.finfo(dtype).eps)
+        options = {"tol": float(np.sqrt(eps)), "num_iterations": POST_HOC_ITERATIONS, **options}
+        if steps is not None:  # each checkpoint warm-starts the next: go forward in time
+            steps = sorted(set(integer_steps(steps).tolist()))
+    recorded = {"k": k, "warm": warm, "projection": projection, "density": density, **options}
+    if density:
+        recorded.update(
+            num_probes=num_probes,
+            density_num_matvecs=density_num_matvecs,
+            num_points=num_points,
+            sigma=sigma,
+        )
+    _check_append(run, "hessian", append, overwrite, recorded)
+    return steps, options, recorded
+
+
 def hessian_trajectory(
     run: xr.Dataset | str | Path,
     *,
@@ -146,29 +192,21 @@ def hessian_trajectory(
     earlier result of the same shape and options (others are refused before computing);
     ``overwrite=True`` replaces it whatever it holds (see :func:`training.write_sibling`).
     """
-    config, num_params = _config_and_size(run)
-    dtype = config.dtype
-    check_k(k, num_params)  # before anything is computed or refused for other reasons
-    if warm and options.get("method", "block") == "block" and k > max_tracked_k(num_params):
-        raise ValueError(
-            f"k must be <= P/2 = {num_params // 2} for the warm-started tracker (got {k}; P = "
-            f"{num_params} parameters): it needs room for a residual block beside the vectors. "
-            "Use warm=False (--cold on the command line) for k up to P."
-        )
-    if warm:
-        eps = float(np.finfo(dtype).eps)
-        options = {"tol": float(np.sqrt(eps)), "num_iterations": POST_HOC_ITERATIONS, **options}
-        if steps is not None:  # each checkpoint warm-starts the next: go forward in time
-            steps = sorted(set(integer_steps(steps).tolist()))
-    recorded = {"k": k, "warm": warm, "projection": projection, "density": density, **options}
-    if density:
-        recorded.update(
-            num_probes=num_probes,
-            density_num_matvecs=density_num_matvecs,
-            num_points=num_points,
-            sigma=sigma,
-        )
-    _check_append(run, "hessian", append, overwrite, recorded)
+    steps, options, recorded = hessian_request(
+        run,
+        steps=steps,
+        k=k,
+        warm=warm,
+        projection=projection,
+        density=density,
+        num_probes=num_probes,
+        density_num_matvecs=density_num_matvecs,
+        num_points=num_points,
+        sigma=sigma,
+        append=append,
+        overwrite=overwrite,
+        **options,
+    )
     result = map_checkpoints(
         run,
         hessian_metric(k, projection=projection, warm=warm, **options),
@@ -252,6 +290,40 @@ def _ntk_full_metric(
     return _on_subset(Metric(init, update, dims, prefix=False, attrs=attrs), subset)
 
 
+def ntk_request(
+    run: xr.Dataset | str | Path,
+    *,
+    k: int = 3,
+    full: bool = False,
+    eigenvectors: bool = False,
+    subset: int | None = None,
+    append: bool = False,
+    overwrite: bool = False,
+    **options: Any,
+) -> tuple[int, tuple[int, ...] | None, dict]:
+    """The checks of :func:`ntk_trajectory` (same arguments and defaults), made before
+    anything is computed: ``(N, the subset's sample indices or None, recorded options)``."""
+    if eigenvectors and not full:
+        raise ValueError("eigenvectors=True needs full=True (the full kernel's eigenvectors).")
+    config, _ = _config_and_size(run)
+    num_samples = config.points_per_class * config.num_classes
+    index = None
+    if subset is not None:
+        if not is_integer(subset) or not 1 <= subset <= num_samples:
+            raise ValueError(
+                f"subset must be an integer in [1, {num_samples}] (the training samples) "
+                f"(got {subset!r})."
+            )
+        subset = int(subset)  # NumPy's integers too, so the options attribute serialises
+        index = tuple(np.round(np.linspace(0, num_samples - 1, subset)).astype(int).tolist())
+        num_samples = subset
+    recorded = {"full": full, "eigenvectors": eigenvectors, "subset": subset, **options}
+    if not full:  # the full spectrum does not depend on k
+        recorded["k"] = k
+    _check_append(run, "ntk", append, overwrite, recorded)
+    return num_samples, index, recorded
+
+
 def ntk_trajectory(
     run: xr.Dataset | str | Path,
     *,
@@ -279,24 +351,16 @@ def ntk_trajectory(
     :data:`LANCZOS_BATCH`). ``append``/``overwrite``: as :func:`hessian_trajectory`, into
     ``RUN.ntk.nc``.
     """
-    if eigenvectors and not full:
-        raise ValueError("eigenvectors=True needs full=True (the full kernel's eigenvectors).")
-    config, _ = _config_and_size(run)
-    num_samples = config.points_per_class * config.num_classes
-    index = None
-    if subset is not None:
-        if not is_integer(subset) or not 1 <= subset <= num_samples:
-            raise ValueError(
-                f"subset must be an integer in [1, {num_samples}] (the training samples) "
-                f"(got {subset!r})."
-            )
-        subset = int(subset)  # NumPy's integers too, so the options attribute serialises
-        index = tuple(np.round(np.linspace(0, num_samples - 1, subset)).astype(int).tolist())
-        num_samples = subset
-    recorded = {"full": full, "eigenvectors": eigenvectors, "subset": subset, **options}
-    if not full:  # the full spectrum does not depend on k
-        recorded["k"] = k
-    _check_append(run, "ntk", append, overwrite, recorded)
+    num_samples, index, recorded = ntk_request(
+        run,
+        k=k,
+        full=full,
+        eigenvectors=eigenvectors,
+        subset=subset,
+        append=append,
+        overwrite=overwrite,
+        **options,
+    )
     if full:
         metric = _ntk_full_metric(eigenvectors, num_samples, index)
         result = map_checkpoints(

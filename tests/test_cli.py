@@ -205,7 +205,15 @@ def test_hessian_and_ntk_take_several_runs(lr_runs, tmp_path, capsys):
     assert main(["hessian", first, second, "--steps", "0", "3000", "--k", "1", "--quiet"]) == 2
     assert "lr2.nc: steps [3000] are not saved checkpoints" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.glob("*.nc")) == ["lr1.nc", "lr2.nc"]
-    assert main(["hessian", first, second, "--steps", "0:2001:1000", "--k", "1", "--quiet"]) == 0
+    # An earlier result of the second run with other options refuses the command before the
+    # first run is analysed; --overwrite replaces it.
+    assert main(["hessian", second, "--steps", "0", "--k", "2", "--quiet"]) == 0
+    capsys.readouterr()
+    several = ["hessian", first, second, "--steps", "0:2001:1000", "--k", "1", "--quiet"]
+    assert main(several) == 2
+    assert "lr2.nc: " in capsys.readouterr().err
+    assert not (tmp_path / "lr1.hessian.nc").exists()
+    assert main([*several, "--overwrite"]) == 0
     out = capsys.readouterr().out
     assert f"\n{first}\n" in out and f"\n{second}\n" in out
     assert out.count("wrote") == 2
@@ -463,3 +471,20 @@ def test_interrupt_is_a_message_and_a_folder_is_not_a_run(monkeypatch, capsys, t
     monkeypatch.undo()
     assert main(["info", str(tmp_path)]) == 2
     assert "is a folder; give the path of a run file (.nc)" in capsys.readouterr().err
+
+
+def test_the_requests_check_with_the_trajectories_defaults():
+    # The command line checks every run with hessian_request / ntk_request before analysing
+    # any: their defaults must be those of the trajectories they check for.
+    import inspect
+
+    from analysis import _trajectories
+
+    for request, trajectory in (
+        (_trajectories.hessian_request, _trajectories.hessian_trajectory),
+        (_trajectories.ntk_request, _trajectories.ntk_trajectory),
+    ):
+        checked = inspect.signature(request).parameters
+        used = inspect.signature(trajectory).parameters
+        for name, parameter in checked.items():
+            assert parameter.default == used[name].default, (request.__name__, name)
