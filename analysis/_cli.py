@@ -420,35 +420,32 @@ def _eigen_table(result, variable: str, index_dim: str, limit: int = 12) -> str:
     return _table(rows, header)
 
 
-def _each_run(args: argparse.Namespace) -> list[tuple[str, list[int] | None]]:
-    """The runs named on the command line with their selected steps. Post-hoc result files
-    of runs among them (a glob's ``RUN.hessian.nc``) are skipped; every run's file, folder
-    and steps are checked here, before any is analysed (and its options by the caller)."""
+def _each_run(
+    args: argparse.Namespace, check: Callable[[str, list[int] | None], object]
+) -> list[tuple[str, list[int] | None]]:
+    """The runs named on the command line with their selected steps, every one checked
+    before any is analysed: its folder, its steps (saved checkpoints) and ``check(run,
+    steps)``, the analysis's own checks of options and earlier results. Post-hoc result files
+    of runs among them (a glob's ``RUN.hessian.nc``) are skipped. With several runs, errors
+    name the run."""
     from analysis._map import select_steps
 
     runs = _without_results(args.runs)
     selected = []
     for run in runs:
         _check_writable(run)
-        with open_run(run, siblings=False) as ds:
-            steps = parse_steps(args.steps, ds["checkpoint_step"].values)
-            if steps is not None and len(runs) > 1:
-                try:
+        try:
+            with open_run(run, siblings=False) as ds:
+                steps = parse_steps(args.steps, ds["checkpoint_step"].values)
+                if steps is not None:
                     select_steps(ds, steps)
-                except ValueError as error:
-                    raise ValueError(f"{run}: {error}") from None
+            check(run, steps)
+        except (ValueError, FileExistsError) as error:
+            if len(runs) == 1:
+                raise
+            raise type(error)(f"{run}: {error}") from None
         selected.append((run, steps))
     return selected
-
-
-def _for_run(run: str, selected: list, check: Callable, **options: typing.Any) -> None:
-    """``check(run, **options)``; with several runs, its errors name the run."""
-    try:
-        check(run, **options)
-    except (ValueError, FileExistsError) as error:
-        if len(selected) == 1:
-            raise
-        raise type(error)(f"{run}: {error}") from None
 
 
 def _run_header(selected: list, run: str) -> None:
@@ -468,9 +465,7 @@ def _cmd_hessian(args: argparse.Namespace) -> int:
         "append": True,
         "overwrite": args.overwrite,
     }
-    selected = _each_run(args)
-    for run, steps in selected:  # every run's options checked before the first is analysed
-        _for_run(run, selected, hessian_request, steps=steps, **options)
+    selected = _each_run(args, lambda run, steps: hessian_request(run, steps=steps, **options))
     for run, steps in selected:
         result = hessian_trajectory(run, steps=steps, progress=not args.quiet, **options)
         _run_header(selected, run)
@@ -495,9 +490,7 @@ def _cmd_ntk(args: argparse.Namespace) -> int:
         "append": True,
         "overwrite": args.overwrite,
     }
-    selected = _each_run(args)
-    for run, _ in selected:  # every run's options checked before the first is analysed
-        _for_run(run, selected, ntk_request, **options)
+    selected = _each_run(args, lambda run, steps: ntk_request(run, **options))
     for run, steps in selected:
         result = ntk_trajectory(run, steps=steps, progress=not args.quiet, **options)
         _run_header(selected, run)
