@@ -78,6 +78,17 @@ def _is_argument(leaf: object) -> bool:
     return np.ndim(leaf) > 0 or jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
 
 
+def _is_number(leaf: object) -> bool:
+    """A leaf a ``dynamic`` argument passes to the program: any array, and a real or complex
+    number (a Python or NumPy float: a parameter's value, which changes as it trains).
+    Integers and booleans stay constants (a counter or a flag is not differentiated)."""
+    if isinstance(leaf, jax.Array | np.ndarray):
+        return True
+    if isinstance(leaf, bool | int):
+        return False
+    return isinstance(leaf, float | complex | np.inexact)
+
+
 def _static_key(leaf: object) -> Hashable:
     if isinstance(leaf, np.ndarray):  # 0-d: unhashable, keyed by dtype and value
         return (np.ndarray, str(leaf.dtype), leaf.item())
@@ -133,9 +144,11 @@ def compiled(fn: F | None = None, /, *, dynamic: tuple[str, ...] = ()) -> F:
     of arrays and decide nothing from the values of its array arguments (it has to run under
     ``jit`` anyway, as it does inside training steps).
 
-    ``dynamic``: names of parameters of ``fn`` whose every array leaf, 0-d ones included, is
-    an argument of the program (a model's parameters, which may hold a scalar; an
-    eigensolver's state, whose step counter changes every call). Used as
+    ``dynamic``: names of parameters of ``fn`` whose every array leaf, 0-d ones included, and
+    every float leaf (a Python or NumPy number) is an argument of the program (a model's
+    parameters, which may hold a scalar; an eigensolver's state, whose step counter changes
+    every call). Inside the program such a float is a 0-d array of JAX's default precision
+    (float32 unless x64 is on), as ``jax.jit`` makes it. Used as
     ``@compiled(dynamic=("params",))``.
     """
     if fn is None:
@@ -169,7 +182,7 @@ def compiled(fn: F | None = None, /, *, dynamic: tuple[str, ...] = ()) -> F:
         if force is None or len(force) != len(leaves):  # let fn raise its own TypeError
             return precise(*args, **kwargs)
         mask = tuple(
-            _is_argument(leaf) or (f and isinstance(leaf, jax.Array | np.ndarray))
+            _is_argument(leaf) or (f and _is_number(leaf))
             for leaf, f in zip(leaves, force, strict=True)
         )
         # A 0-d JAX array as a NumPy one: operations on it would be staged into the program.
@@ -217,7 +230,11 @@ def _warn_on_repeats(
         ("code", leaf.__code__) if isinstance(leaf, types.FunctionType) else _static_key(leaf)
         for leaf in statics
     )
-    case = (structure, others, tuple((a.shape, str(a.dtype)) for a in arrays))
+    case = (
+        structure,
+        others,
+        tuple((np.shape(a), str(getattr(a, "dtype", type(a)))) for a in arrays),
+    )
     try:
         seen = cached(repeats, case, set, size=64)
     except TypeError:  # unhashable: nothing to compare
