@@ -47,7 +47,7 @@ from training._batched import (
     shape_key,
     train_batch,
 )
-from training._runfile import STEP_VARIABLES, package_version, write_atomic
+from training._runfile import STEP_VARIABLES, host, package_version, write_atomic
 
 KEPT_STATUSES = ("complete", "diverged")
 """Run-file statuses of a finished run: a sweep keeps such a file of the same run as it is."""
@@ -301,7 +301,11 @@ def _part_dataset(result: BatchResult, runs: list[int]) -> xr.Dataset:
     data["diverged_at_step"] = (("run",), result.diverged_at_step)
     for name, values in result.summaries.items():
         data[name] = (("run", SUMMARY_STEP), values)
-    return xr.Dataset(data, coords={"run": np.asarray(runs), SUMMARY_STEP: result.summary_steps})
+    return xr.Dataset(
+        data,
+        coords={"run": np.asarray(runs), SUMMARY_STEP: result.summary_steps},
+        attrs={"host": host()},  # the worker's: a cluster's workers may differ
+    )
 
 
 def _run_batch(
@@ -397,7 +401,9 @@ def sweep(
       train_accuracy, val_loss, val_accuracy, grad_norm`` on the extra dim ``summary_step``
       (``summary_loss`` where ``loss`` is a grid key, and so on: see :func:`summary_name`).
       Attrs: ``base_config`` (JSON), ``grid`` (JSON), ``command``, ``summary_every``,
-      ``batch_size``, ``lanes``, ``dynloss_version``.
+      ``batch_size``, ``lanes``, ``dynloss_version``, ``dtype``, ``host`` (where the runs
+      were computed, :func:`training._runfile.host`; the distinct hosts joined by " | " when
+      a cluster's workers differ).
     """
     grid = check_grid(base_config, grid)
     if base_config.output is not None:
@@ -614,7 +620,9 @@ def _assemble(
     first: TrainConfig,
     attrs: dict[str, Any],
 ) -> xr.Dataset:
-    merged = xr.concat(parts, dim="run").sortby("run")
+    # Where the runs were computed: parts written before hosts were recorded say "unknown".
+    hosts = sorted({str(part.attrs.get("host", "unknown")) for part in parts})
+    merged = xr.concat(parts, dim="run", combine_attrs="drop").sortby("run")
     num = int(np.prod(shape))
     if merged.sizes["run"] != num or not np.array_equal(merged["run"].values, np.arange(num)):
         raise RuntimeError(
@@ -645,6 +653,7 @@ def _assemble(
     if "hidden_widths" in ds.coords:
         ds["hidden_widths"].attrs = {"long_name": "hidden layer widths, input side first ('x')"}
     ds.attrs["dtype"] = first.dtype
+    ds.attrs["host"] = " | ".join(hosts)
     return ds
 
 

@@ -15,6 +15,7 @@ import xarray as xr
 
 from schedules import triangle
 from training import STEP_VARIABLES, TrainConfig, open_run, restore, train
+from training._runfile import host
 
 SMALL = TrainConfig(
     hidden_widths=(16,),
@@ -40,6 +41,7 @@ def test_file_layout(run_path):
     assert int(ds.attrs["last_complete_step"]) == 249
     assert ds.attrs["format_version"] == "1"
     assert ds.attrs["dynloss_version"]
+    assert ds.attrs["host"] == host() and host().startswith(f"jax {jax.__version__}, ")
     assert TrainConfig.from_json(ds.attrs["config"]) == SMALL.replace(output=str(run_path))
     np.testing.assert_array_equal(ds["step"], np.arange(250))
     for name in STEP_VARIABLES:

@@ -11,10 +11,11 @@ Layout (``format_version`` "1"; see INTERFACES.md):
   ``opt_state(checkpoint, opt_param)``, ``rng_key(checkpoint, key_word)``: the parameters saved
   for step s are those at which the loss of step s was evaluated (before that step's update);
   the last checkpoint holds the final parameters (step = ``steps``, which has no loss record).
-- attrs ``config`` (JSON), ``dynloss_version``, ``format_version``, ``status``
-  ("running" | "complete" | "diverged" | "failed", with ``error``), ``last_complete_step``,
-  ``param_layout`` and ``opt_state_layout`` (JSON lists of ``[path, shape, dtype]`` in flattening
-  order), ``diverged_at_step`` when a non-finite loss was met.
+- attrs ``config`` (JSON), ``dynloss_version``, ``host`` (:func:`host`), ``format_version``,
+  ``status`` ("running" | "complete" | "diverged" | "failed", with ``error``),
+  ``last_complete_step``, ``param_layout`` and ``opt_state_layout`` (JSON lists of
+  ``[path, shape, dtype]`` in flattening order), ``diverged_at_step`` when a non-finite loss
+  was met.
 
 Each chunk of steps is appended and the file synced, so a killed run leaves a readable file up
 to its last chunk (``status`` stays "running" and ``last_complete_step`` says how far it got).
@@ -26,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -33,6 +35,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import jax
 import netCDF4
 import numpy as np
 import xarray as xr
@@ -74,6 +77,37 @@ def package_version() -> str:
         return version("dynloss")
     except PackageNotFoundError:  # running from a source tree that was not installed
         return "unknown"
+
+
+#: CPU features that change the code XLA emits, hence the rounding of a run: the vector width
+#: (SSE, AVX, AVX-512) sets the order of summations, FMA fuses products and sums.
+_ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16")
+
+
+def host() -> str:
+    """Where this process computes: JAX's version, its backend and device, and on CPU the
+    instruction sets XLA compiles for.
+
+    Recorded in run files and sweeps (attr ``host``): runs at the edge of stability follow
+    rounding, and XLA:CPU's rounding depends on the vector instructions it uses, so such a run
+    repeats exactly only where this string is the same (an AVX2-only and an AVX-512 CPU give
+    different samples of the same dynamics).
+    """
+    device = jax.devices()[0]
+    text = f"jax {jax.__version__}, {device.platform}: {device.device_kind}"
+    if device.platform != "cpu":
+        return text
+    name, flags = platform.processor() or platform.machine(), set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                name = value.strip()
+            if key.strip() == "flags":
+                flags = set(value.split())
+                break
+    isa = " ".join(flag for flag in _ISA_FLAGS if flag in flags)
+    return f"{text} ({name}; {platform.machine()}{' ' + isa if isa else ''})"
 
 
 def sibling_path(path: str | Path, kind: str) -> Path:
@@ -161,6 +195,7 @@ class RunWriter:
                 "title": "dynloss training run",
                 "config": config_json,
                 "dynloss_version": package_version(),
+                "host": host(),
                 "format_version": FORMAT_VERSION,
                 "status": "running",
                 "last_complete_step": np.int64(-1),
