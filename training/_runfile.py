@@ -91,23 +91,24 @@ def host() -> str:
     Recorded in run files and sweeps (attr ``host``): runs at the edge of stability follow
     rounding, and XLA:CPU's rounding depends on the vector instructions it uses, so such a run
     repeats exactly only where this string is the same (an AVX2-only and an AVX-512 CPU give
-    different samples of the same dynamics).
+    different samples of the same dynamics). ``XLA_FLAGS``, when set, is part of it.
     """
     device = jax.devices()[0]
     text = f"jax {jax.__version__}, {device.platform}: {device.device_kind}"
-    if device.platform != "cpu":
-        return text
-    name, flags = platform.processor() or platform.machine(), set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                name = value.strip()
-            if key.strip() == "flags":
-                flags = set(value.split())
-                break
-    isa = " ".join(flag for flag in _ISA_FLAGS if flag in flags)
-    return f"{text} ({name}; {platform.machine()}{' ' + isa if isa else ''})"
+    if device.platform == "cpu":
+        name, flags = platform.processor() or platform.machine(), set()
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    name = value.strip()
+                if key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+        isa = " ".join(flag for flag in _ISA_FLAGS if flag in flags)
+        text += f" ({name}; {platform.machine()}{' ' + isa if isa else ''})"
+    xla_flags = os.environ.get("XLA_FLAGS", "").strip()  # --xla_cpu_max_isa changes rounding
+    return f"{text}, XLA_FLAGS={xla_flags}" if xla_flags else text
 
 
 def sibling_path(path: str | Path, kind: str) -> Path:
