@@ -17,7 +17,7 @@ from analysis._phase import phase_diagram, plot_phase_diagram, plot_width
 from analysis._sweep import expand, sweep
 from analysis._sweep_cli import read_grid_file, register
 from training import TrainConfig, train
-from training._batched import FINAL_VARIABLES, train_batch
+from training._batched import FINAL_VARIABLES, SUMMARY_VARIABLES, train_batch
 from training._runfile import host
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -461,7 +461,7 @@ def test_shipped_sweep_reruns_from_the_same_start(shipped_rerun):
     """On any machine: the records at step 0 (data, initialisation, loss, Γ) are the file's."""
     again, point = shipped_rerun
     assert again.attrs["host"] == host()
-    for name in ("loss", "static_loss", "train_accuracy", "val_loss", "val_accuracy", "grad_norm"):
+    for name in SUMMARY_VARIABLES:
         np.testing.assert_allclose(
             again[name].sel(summary_step=0),
             point[name].sel(summary_step=0),
@@ -479,7 +479,7 @@ def test_shipped_sweep_reruns_exactly_where_it_was_recorded(shipped_rerun):
     again, point = shipped_rerun
     if point.attrs["host"] != host():
         pytest.skip(f"data/sweep_laptop.nc was recorded on {point.attrs['host']!r}, not here")
-    for name in ("loss", "static_loss", "train_accuracy", "val_loss", "val_accuracy", "grad_norm"):
+    for name in SUMMARY_VARIABLES:
         np.testing.assert_array_equal(again[name], point[name], err_msg=name)
     for name in FINAL_VARIABLES:  # evaluated for a whole batch: 50 runs there, 2 here
         np.testing.assert_allclose(again[name], point[name], rtol=1e-6, atol=0, err_msg=name)

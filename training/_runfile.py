@@ -25,6 +25,7 @@ Post-hoc analyses write sibling files ``RUN.<kind>.nc``; :func:`open_run` merges
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -84,6 +85,7 @@ def package_version() -> str:
 _ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16")
 
 
+@functools.cache  # fixed for a process: XLA reads XLA_FLAGS when its backend starts
 def host() -> str:
     """Where this process computes: JAX's version, its backend and device, and on CPU the
     instruction sets XLA compiles for.
